@@ -1,0 +1,1 @@
+"""The data path: model registry, V2 serving runtime and router (import name ``modelplane.serving``)."""

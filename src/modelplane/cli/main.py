@@ -1,0 +1,56 @@
+"""Entry point of the ``modelplane`` command: one typer app that the subcommand modules attach to."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from modelplane import __version__
+
+app = typer.Typer(
+    name="modelplane",
+    help="Machine-learning models as a service on Kubernetes.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"modelplane {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True),
+    ] = False,
+) -> None:
+    """Machine-learning models as a service on Kubernetes.
+
+    Register a model version in the registry, apply a ModelDeployment, and Modelplane serves it over
+    the KServe / Open Inference Protocol V2 (HTTP and gRPC), routes traffic and scales with load.
+    """
+
+
+@app.command()
+def up() -> None:
+    """Run the whole platform on this machine (registry, router, a served demo model)."""
+    err_console.print(
+        "[bold yellow]The local stack is not built yet.[/] `modelplane up` will start the registry, "
+        "the router and a demo model once those components land.\n"
+        "For now: `make test` runs the test suite; `modelplane --help` lists what exists."
+    )
+    raise typer.Exit(code=2)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
