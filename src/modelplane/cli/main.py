@@ -51,6 +51,11 @@ def up() -> None:
     raise typer.Exit(code=2)
 
 
+from modelplane.cli import crds  # noqa: E402  (subcommand modules attach to `app`)
+
+app.add_typer(crds.app, name="crds")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
