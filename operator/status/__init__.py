@@ -1,0 +1,1 @@
+"""Status of a ModelDeployment: Kubernetes-style conditions, decided by pure policy functions."""
