@@ -1,0 +1,163 @@
+"""The autoscaling decision, driven by recorded load series through a small simulated deployment."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from modelplane.operator.api.v1alpha1 import AutoscalingSpec
+from modelplane.operator.autoscaler.decide import Decision, Inputs, Sample, Settings, State, decide
+
+STEP = 2.0  # the loop's period, seconds
+
+
+@dataclass
+class Simulation:
+    """A deployment whose pods become ready `startup` seconds after they are asked for, and only as
+    many as `gpu_slots` can be placed. Load is a closed loop: `load(t)` clients always in flight."""
+
+    settings: Settings
+    load: Callable[[float], float]
+    startup: float = 6.0
+    gpu_slots: int = 1000
+    replicas: int = 1
+    pods_started: list[float] = field(default_factory=list)
+    state: State = field(default_factory=State)
+    samples: list[Sample] = field(default_factory=list)
+    timeline: list[tuple[float, Decision, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.pods_started = [-1000.0] * self.replicas
+
+    def run(self, until: float, activation: Callable[[float], bool] = lambda t: False) -> None:
+        t = self.timeline[-1][0] + STEP if self.timeline else 0.0
+        while t <= until:
+            for tick in (t - 1.0, t):
+                self.samples.append(Sample(time=tick, concurrency=self.load(tick)))
+            self.samples = [s for s in self.samples if t - s.time < self.settings.stable_window]
+            placed = self.pods_started[: self.gpu_slots]
+            ready = sum(1 for start in placed if t - start >= self.startup)
+            inputs = Inputs(
+                now=t,
+                samples=tuple(self.samples),
+                current_replicas=self.replicas,
+                ready_pods=ready,
+                starting_pods=len(placed) - ready,
+                unschedulable_pods=max(0, len(self.pods_started) - self.gpu_slots),
+                activation_requested=activation(t) and self.replicas == 0,
+            )
+            decision, self.state = decide(self.settings, self.state, inputs)
+            self._scale_to(decision.desired, t)
+            self.timeline.append((t, decision, ready))
+            t += STEP
+
+    def _scale_to(self, desired: int, now: float) -> None:
+        if desired > len(self.pods_started):
+            self.pods_started += [now] * (desired - len(self.pods_started))
+        else:
+            # Like the ReplicaSet controller: remove unready and youngest pods first.
+            self.pods_started = sorted(self.pods_started)[:desired]
+        self.replicas = desired
+
+    def desired_at(self, t: float) -> int:
+        return next(d.desired for time, d, _ in self.timeline if time >= t)
+
+    def ready_at(self, t: float) -> int:
+        return next(ready for time, _, ready in self.timeline if time >= t)
+
+
+def settings(**overrides: object) -> Settings:
+    spec = AutoscalingSpec.model_validate(
+        {
+            "minReplicas": 1,
+            "maxReplicas": 10,
+            "targetConcurrency": 4,
+            "scaleDownDelaySeconds": 30,
+            **overrides,
+        }
+    )
+    return Settings.from_spec(spec)
+
+
+def step_load(start: float, stop: float, level: float) -> Callable[[float], float]:
+    return lambda t: level if start <= t < stop else 0.0
+
+
+def test_step_to_32_concurrent_reaches_8_replicas_fast_through_panic_mode() -> None:
+    sim = Simulation(settings(), step_load(10, 130, 32))
+    sim.run(until=60)
+    assert sim.desired_at(16) >= 8, "the panic window should react within seconds of the step"
+    assert sim.ready_at(40) >= 6, "≥ 6 ready replicas within 30 s of the step"
+    assert any(d.panicking for _, d, _ in sim.timeline)
+
+
+def test_back_to_min_after_load_stops_plus_window_and_delay_without_thrashing() -> None:
+    sim = Simulation(settings(), step_load(10, 130, 32))
+    sim.run(until=400)
+    assert sim.desired_at(140) >= 8, "no scale-down right after the load stops"
+    assert sim.desired_at(130 + 60 + 30 + 2 * STEP + 60) == 1
+    downs = [
+        (t, d.desired)
+        for (t, d, _), (_, prev, _) in zip(sim.timeline[1:], sim.timeline)
+        if d.desired < prev.desired
+    ]
+    ups_after_drop = [t for t, d, _ in sim.timeline if t > 140 and d.desired > sim.desired_at(t - STEP)]
+    assert downs, "it does scale down eventually"
+    assert ups_after_drop == [], "no flapping back up once the load is gone"
+
+
+def test_steady_load_settles_at_ceil_concurrency_over_target() -> None:
+    sim = Simulation(settings(), lambda t: 10.0)
+    sim.run(until=300)
+    assert {d.desired for t, d, _ in sim.timeline if t > 200} == {3}
+
+
+def test_max_replicas_caps_and_scale_up_rate_limits_each_step() -> None:
+    sim = Simulation(settings(maxReplicas=5, maxScaleUpRate=2), step_load(0, 1000, 200))
+    sim.run(until=60)
+    assert max(d.desired for _, d, _ in sim.timeline) == 5
+    assert sim.timeline[0][1].desired <= 2, "from one ready pod, at most 2× in one step"
+
+
+def test_scale_to_zero_after_grace_and_activation_on_the_next_request() -> None:
+    s = settings(
+        minReplicas=0, scaleToZeroGracePeriodSeconds=30, scaleDownDelaySeconds=0, stableWindowSeconds=20
+    )
+    sim = Simulation(s, step_load(0, 20, 4), startup=4)
+    sim.run(until=40)
+    assert sim.desired_at(40) == 1, "still within the grace period"
+    sim.run(until=120)
+    assert sim.desired_at(100) == 0, "idle past the grace period: zero replicas"
+    wake_at = 120 + STEP
+    sim.load = step_load(wake_at, 1000, 1)
+    sim.run(until=wake_at + 10, activation=lambda t: t >= wake_at)
+    assert sim.desired_at(wake_at) >= 1, "requests waiting at zero activate at once"
+    assert sim.timeline[-1][1].desired >= 1
+
+
+def test_min_replicas_one_never_goes_to_zero() -> None:
+    sim = Simulation(settings(minReplicas=1), lambda t: 0.0)
+    sim.run(until=300)
+    assert {d.desired for _, d, _ in sim.timeline} == {1}
+
+
+def test_gpu_shortage_holds_the_request_instead_of_raising_it_again_and_again() -> None:
+    sim = Simulation(settings(maxReplicas=20), step_load(0, 1000, 64), gpu_slots=3)
+    sim.run(until=120)
+    desired = [d.desired for _, d, _ in sim.timeline]
+    held_from = next(i for i, (_, d, _) in enumerate(sim.timeline) if "wait for a free GPU" in d.reason)
+    assert len(set(desired[held_from:])) == 1, f"replicas kept changing while GPUs were short: {desired}"
+    assert max(desired) < 20
+
+
+def test_pods_still_starting_are_not_scaled_away() -> None:
+    # Load spikes then vanishes while the new pods are still starting (startup 60 s).
+    sim = Simulation(
+        settings(scaleDownDelaySeconds=0, stableWindowSeconds=10, panicWindowSeconds=2),
+        step_load(0, 4, 40),
+        startup=60,
+    )
+    sim.run(until=40)
+    peak = max(d.desired for _, d, _ in sim.timeline)
+    assert peak > 1
+    assert all(d.desired == peak for t, d, _ in sim.timeline if t >= 8 and t < 60 - STEP), sim.timeline
