@@ -98,7 +98,7 @@ def test_back_to_min_after_load_stops_plus_window_and_delay_without_thrashing() 
     assert sim.desired_at(130 + 60 + 30 + 2 * STEP + 60) == 1
     downs = [
         (t, d.desired)
-        for (t, d, _), (_, prev, _) in zip(sim.timeline[1:], sim.timeline)
+        for (t, d, _), (_, prev, _) in zip(sim.timeline[1:], sim.timeline[:-1], strict=True)
         if d.desired < prev.desired
     ]
     ups_after_drop = [t for t, d, _ in sim.timeline if t > 140 and d.desired > sim.desired_at(t - STEP)]
@@ -116,7 +116,7 @@ def test_max_replicas_caps_and_scale_up_rate_limits_each_step() -> None:
     sim = Simulation(settings(maxReplicas=5, maxScaleUpRate=2), step_load(0, 1000, 200))
     sim.run(until=60)
     assert max(d.desired for _, d, _ in sim.timeline) == 5
-    assert sim.timeline[0][1].desired <= 2, "from one ready pod, at most 2× in one step"
+    assert sim.timeline[0][1].desired <= 2, "from one ready pod, at most 2x in one step"
 
 
 def test_scale_to_zero_after_grace_and_activation_on_the_next_request() -> None:
