@@ -1,0 +1,393 @@
+"""The desired children of a ModelDeployment, computed from its spec alone (no I/O).
+
+The operator applies what these functions return with server-side apply, so running them twice, or
+after a crash half way, converges to the same objects. Every child carries an owner reference to
+its ModelDeployment (deleting it deletes them) and the ``app.kubernetes.io/*`` labels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from modelplane import __version__
+from modelplane.operator.api import v1alpha1 as api
+from modelplane.operator.gpus import GPU_RESOURCE, GPU_TAINT_KEY, gpu_node_affinity
+
+Manifest = dict[str, Any]
+Role = Literal["stable", "canary"]
+
+DEPLOYMENT_LABEL = "modelplane.io/deployment"
+ROLE_LABEL = "modelplane.io/role"
+VERSION_LABEL = "modelplane.io/model-version"
+FIELD_MANAGER = "modelplane-operator"
+
+HTTP_PORT = 8000
+GRPC_PORT = 8001
+METRICS_PORT = 8002
+MODEL_REPOSITORY = "/models"
+
+
+@dataclass(frozen=True)
+class ServedVersion:
+    """One resolved version to run: where its artifact is and what it is."""
+
+    role: Role
+    model_name: str
+    version: int | None  # None for a direct storageUri
+    artifact_uri: str
+    sha256: str | None
+    config_pbtxt: str  # Triton model configuration the runtime serves it with
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    """Cluster-wide choices of the installation (from the operator's flags / the Helm values)."""
+
+    runtime_image: str = f"ghcr.io/modelplane/runtime:{__version__}"
+    triton_image: str = "nvcr.io/nvidia/tritonserver:24.08-py3"
+    artifact_token_secret: str | None = None  # Secret with key `token`, mounted for registry downloads
+    drain_seconds: int = 30
+    cluster_domain: str = "cluster.local"
+    extra_labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The ModelDeployment that owns the children."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+def owner_reference(owner: Owner) -> dict[str, Any]:
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def common_labels(owner: Owner, settings: OperatorSettings) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "modelplane-model",
+        "app.kubernetes.io/instance": owner.name,
+        "app.kubernetes.io/component": "predictor",
+        "app.kubernetes.io/part-of": "modelplane",
+        "app.kubernetes.io/managed-by": FIELD_MANAGER,
+        DEPLOYMENT_LABEL: owner.name,
+        **settings.extra_labels,
+    }
+
+
+def child_name(owner: Owner, role: Role) -> str:
+    return owner.name if role == "stable" else f"{owner.name}-{role}"
+
+
+def _metadata(owner: Owner, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": labels,
+        "ownerReferences": [owner_reference(owner)],
+    }
+
+
+def replicas_for(spec: api.ModelDeploymentSpec, role: Role) -> int:
+    """Replicas of a role: stable follows spec.replicas (the autoscaler's output, bounded);
+    a canary gets its percent of that, at least one while its percent is above zero."""
+    bounds = spec.autoscaling
+    stable = spec.replicas if spec.replicas is not None else bounds.min_replicas
+    if role == "stable":
+        return stable
+    canary = spec.traffic.canary
+    if canary is None or canary.percent == 0 or stable == 0:
+        return 0
+    return max(1, math.ceil(stable * canary.percent / 100))
+
+
+def resources(spec: api.ModelDeploymentSpec) -> dict[str, Any]:
+    """Requests and limits: GPUs (or MIG slices) as limits, cpu/memory as requests and limits."""
+    limits: dict[str, Any] = {}
+    requests: dict[str, Any] = {}
+    gpu = spec.resources.gpu
+    if gpu.count > 0:
+        resource = f"nvidia.com/mig-{gpu.mig_profile}" if gpu.mig_profile else GPU_RESOURCE
+        limits[resource] = gpu.count
+    for key in ("cpu", "memory"):
+        value = getattr(spec.resources, key)
+        if value is not None:
+            requests[key] = str(value)
+            limits[key] = str(value)
+    return {key: value for key, value in (("requests", requests), ("limits", limits)) if value}
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
+
+
+RESTRICTED_CONTAINER_SECURITY = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def runtime_containers(
+    spec: api.ModelDeploymentSpec, served: ServedVersion, settings: OperatorSettings
+) -> tuple[list[Manifest], list[Manifest]]:
+    """The init container that writes the model repository, and the serving container."""
+    env: list[dict[str, Any]] = [
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "MODELPLANE_MODEL_CONFIG", "value": served.config_pbtxt},
+        {"name": "HOME", "value": "/tmp"},  # noqa: S108 (an emptyDir: the root filesystem is read-only)
+    ]
+    if settings.artifact_token_secret:
+        env.append(
+            {
+                "name": "MODELPLANE_ARTIFACT_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": settings.artifact_token_secret, "key": "token"}},
+            }
+        )
+    env.extend(e.model_dump(by_alias=True, exclude_none=True) for e in spec.runtime.env)
+    mounts = [
+        {"name": "model-repository", "mountPath": MODEL_REPOSITORY},
+        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108
+    ]
+    prepare_args = [
+        "--model-repository",
+        MODEL_REPOSITORY,
+        "--name",
+        served.model_name,
+        "--version",
+        str(served.version or 1),
+        "--source",
+        served.artifact_uri,
+    ]
+    if served.sha256:
+        prepare_args += ["--sha256", served.sha256]
+    image = spec.runtime.image or settings.runtime_image
+    init = {
+        "name": "prepare-model",
+        "image": image,
+        "command": ["modelplane", "prepare-model"],
+        "args": prepare_args,
+        "env": env,
+        "volumeMounts": mounts,
+        "securityContext": RESTRICTED_CONTAINER_SECURITY,
+    }
+    args = [
+        "--model-repository",
+        MODEL_REPOSITORY,
+        "--host",
+        "$(POD_IP)",
+        "--http-port",
+        str(HTTP_PORT),
+        "--grpc-port",
+        str(GRPC_PORT),
+        "--metrics-port",
+        str(METRICS_PORT),
+        "--drain-timeout",
+        str(settings.drain_seconds),
+        *spec.runtime.args,
+    ]
+    container: Manifest = {
+        "name": "runtime",
+        "image": image,
+        "command": ["modelplane", "runtime"],
+        "args": args,
+        "env": env,
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "resources": resources(spec),
+        "startupProbe": _probe("/v2/health/ready", period=2, failures=300),
+        "readinessProbe": _probe("/v2/health/ready", period=2, failures=2),
+        "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
+        "volumeMounts": mounts,
+        "securityContext": RESTRICTED_CONTAINER_SECURITY,
+    }
+    return [init], [container]
+
+
+def pod_labels(owner: Owner, served: ServedVersion, settings: OperatorSettings) -> dict[str, str]:
+    labels = {**common_labels(owner, settings), ROLE_LABEL: served.role}
+    if served.version is not None:
+        labels[VERSION_LABEL] = str(served.version)
+    return labels
+
+
+def _affinity(spec: api.ModelDeploymentSpec) -> dict[str, Any] | None:
+    user = dict(spec.scheduling.affinity or {})
+    gpu = gpu_node_affinity(spec.resources.gpu.types) if spec.resources.gpu.count > 0 else None
+    if gpu is None:
+        return user or None
+    node = dict(user.get("nodeAffinity") or {})
+    required = node.get("requiredDuringSchedulingIgnoredDuringExecution")
+    if required:
+        # Every user term must also satisfy the GPU requirement (terms are ORed, expressions ANDed).
+        gpu_expressions = gpu["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0][
+            "matchExpressions"
+        ]
+        terms = [
+            {**term, "matchExpressions": [*term.get("matchExpressions", []), *gpu_expressions]}
+            for term in required.get("nodeSelectorTerms", [])
+        ]
+        node["requiredDuringSchedulingIgnoredDuringExecution"] = {"nodeSelectorTerms": terms}
+    else:
+        node["requiredDuringSchedulingIgnoredDuringExecution"] = gpu[
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        ]
+    node["preferredDuringSchedulingIgnoredDuringExecution"] = [
+        *gpu["preferredDuringSchedulingIgnoredDuringExecution"],
+        *node.get("preferredDuringSchedulingIgnoredDuringExecution", []),
+    ]
+    return {**user, "nodeAffinity": node}
+
+
+def deployment(
+    owner: Owner, spec: api.ModelDeploymentSpec, served: ServedVersion, settings: OperatorSettings
+) -> Manifest:
+    """The Deployment that runs one served version (stable or canary)."""
+    labels = pod_labels(owner, served, settings)
+    selector = {DEPLOYMENT_LABEL: owner.name, ROLE_LABEL: served.role}
+    init, containers = runtime_containers(spec, served, settings)
+    tolerations: list[dict[str, Any]] = []
+    if spec.resources.gpu.count > 0:
+        tolerations.append({"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"})
+    tolerations += [t.model_dump(by_alias=True, exclude_none=True) for t in spec.scheduling.tolerations]
+    pod_spec: Manifest = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": settings.drain_seconds + 15,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "initContainers": init,
+        "containers": containers,
+        "volumes": [
+            {"name": "model-repository", "emptyDir": {}},
+            {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "256Mi"}},
+        ],
+        "tolerations": tolerations,
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": selector},
+            }
+        ],
+    }
+    if affinity := _affinity(spec):
+        pod_spec["affinity"] = affinity
+    if spec.scheduling.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.scheduling.node_selector)
+    if spec.scheduling.priority_class_name:
+        pod_spec["priorityClassName"] = spec.scheduling.priority_class_name
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(owner, child_name(owner, served.role), labels),
+        "spec": {
+            "replicas": replicas_for(spec, served.role),
+            "selector": {"matchLabels": selector},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "revisionHistoryLimit": 3,
+            "progressDeadlineSeconds": 600,
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(METRICS_PORT),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def service(owner: Owner, settings: OperatorSettings) -> Manifest:
+    """One Service in front of every serving pod of the deployment (all versions)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(owner, owner.name, common_labels(owner, settings)),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {DEPLOYMENT_LABEL: owner.name},
+            "ports": [
+                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
+                {
+                    "name": "grpc",
+                    "port": GRPC_PORT,
+                    "targetPort": "grpc",
+                    "protocol": "TCP",
+                    "appProtocol": "grpc",
+                },
+                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def pod_disruption_budget(owner: Owner, settings: OperatorSettings) -> Manifest:
+    """Voluntary evictions (node drains) leave at most one serving pod down at a time."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(owner, owner.name, common_labels(owner, settings)),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": {DEPLOYMENT_LABEL: owner.name}},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+
+
+def service_url(owner: Owner, settings: OperatorSettings) -> str:
+    """The in-cluster V2 HTTP base URL of the deployment's Service."""
+    return f"http://{owner.name}.{owner.namespace}.svc.{settings.cluster_domain}:{HTTP_PORT}"
+
+
+def desired_children(
+    owner: Owner,
+    spec: api.ModelDeploymentSpec,
+    stable: ServedVersion,
+    canary: ServedVersion | None,
+    settings: OperatorSettings,
+) -> list[Manifest]:
+    """Everything the deployment should own right now, in apply order."""
+    children = [deployment(owner, spec, stable, settings)]
+    if canary is not None:
+        children.append(deployment(owner, spec, canary, settings))
+    children += [service(owner, settings), pod_disruption_budget(owner, settings)]
+    return children
+
+
+def total_gpus(spec: api.ModelDeploymentSpec, replicas: int) -> int:
+    """GPUs the given number of replicas request, for the status column."""
+    return spec.resources.gpu.count * replicas

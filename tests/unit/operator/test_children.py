@@ -1,0 +1,202 @@
+"""The children a ModelDeployment renders: what the scheduler, kubelet and router will act on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelplane.operator.api.v1alpha1 import ModelDeploymentSpec
+from modelplane.operator.children import (
+    DEPLOYMENT_LABEL,
+    ROLE_LABEL,
+    OperatorSettings,
+    Owner,
+    ServedVersion,
+    desired_children,
+    replicas_for,
+)
+from modelplane.operator.gpus import PRODUCT_LABEL
+
+OWNER = Owner(name="iris", namespace="team-a", uid="1234-5678")
+SETTINGS = OperatorSettings()
+STABLE = ServedVersion("stable", "iris", 3, "http://registry/api/v1/artifacts/abc", "a" * 64, "name: 'iris'")
+CANARY = ServedVersion("canary", "iris", 4, "http://registry/api/v1/artifacts/def", "b" * 64, "name: 'iris'")
+
+
+def spec(**fields: Any) -> ModelDeploymentSpec:
+    return ModelDeploymentSpec.model_validate({"model": {"name": "iris", "version": 3}, **fields})
+
+
+def by_kind(children: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {}
+    for child in children:
+        found.setdefault(child["kind"], []).append(child)
+    return found
+
+
+def pod_spec(children: list[dict[str, Any]], index: int = 0) -> dict[str, Any]:
+    spec_: dict[str, Any] = by_kind(children)["Deployment"][index]["spec"]["template"]["spec"]
+    return spec_
+
+
+def test_one_deployment_service_and_pdb_all_owned_and_labelled() -> None:
+    children = desired_children(OWNER, spec(), STABLE, None, SETTINGS)
+    kinds = by_kind(children)
+    assert sorted(kinds) == ["Deployment", "PodDisruptionBudget", "Service"]
+    assert all(len(items) == 1 for items in kinds.values())
+    for child in children:
+        meta = child["metadata"]
+        assert meta["namespace"] == "team-a"
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": "modelplane.io/v1alpha1",
+                "kind": "ModelDeployment",
+                "name": "iris",
+                "uid": "1234-5678",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+        assert meta["labels"]["app.kubernetes.io/instance"] == "iris"
+        assert meta["labels"]["app.kubernetes.io/part-of"] == "modelplane"
+
+
+def test_rendering_is_deterministic() -> None:
+    assert desired_children(OWNER, spec(), STABLE, CANARY, SETTINGS) == desired_children(
+        OWNER, spec(), STABLE, CANARY, SETTINGS
+    )
+
+
+def test_pods_request_gpus_tolerate_the_taint_and_prefer_types_in_order() -> None:
+    children = desired_children(
+        OWNER, spec(resources={"gpu": {"count": 2, "types": ["H100", "A100"]}}), STABLE, None, SETTINGS
+    )
+    pod = pod_spec(children)
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    node = pod["affinity"]["nodeAffinity"]
+    required = node["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0][
+        "matchExpressions"
+    ][0]
+    assert required["key"] == PRODUCT_LABEL
+    assert "NVIDIA-H100-80GB-HBM3" in required["values"]
+    assert "NVIDIA-A100-SXM4-80GB" in required["values"]
+    preferred = node["preferredDuringSchedulingIgnoredDuringExecution"]
+    weights = {p["preference"]["matchExpressions"][0]["values"][0]: p["weight"] for p in preferred}
+    assert weights["NVIDIA-H100-80GB-HBM3"] > weights["NVIDIA-A100-SXM4-80GB"] > 0
+
+
+def test_exact_product_labels_pass_through_and_no_types_means_no_affinity() -> None:
+    pod = pod_spec(
+        desired_children(OWNER, spec(resources={"gpu": {"types": ["NVIDIA-B200"]}}), STABLE, None, SETTINGS)
+    )
+    values = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ][0]
+    assert values["matchExpressions"][0]["values"] == ["NVIDIA-B200"]
+    assert "affinity" not in pod_spec(desired_children(OWNER, spec(), STABLE, None, SETTINGS))
+
+
+def test_user_affinity_terms_are_combined_with_the_gpu_requirement() -> None:
+    user = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}
+                ]
+            }
+        },
+        "podAntiAffinity": {"x": 1},
+    }
+    pod = pod_spec(
+        desired_children(
+            OWNER,
+            spec(resources={"gpu": {"types": ["A100"]}}, scheduling={"affinity": user}),
+            STABLE,
+            None,
+            SETTINGS,
+        )
+    )
+    term = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ][0]
+    assert [e["key"] for e in term["matchExpressions"]] == ["zone", PRODUCT_LABEL]
+    assert pod["affinity"]["podAntiAffinity"] == {"x": 1}
+
+
+def test_mig_profile_requests_mig_slices_not_whole_gpus() -> None:
+    limits = pod_spec(
+        desired_children(
+            OWNER, spec(resources={"gpu": {"count": 1, "migProfile": "1g.10gb"}}), STABLE, None, SETTINGS
+        )
+    )["containers"][0]["resources"]["limits"]
+    assert limits == {"nvidia.com/mig-1g.10gb": 1}
+
+
+def test_cpu_only_deployment_has_no_gpu_request_or_toleration() -> None:
+    pod = pod_spec(
+        desired_children(OWNER, spec(resources={"gpu": {"count": 0}, "cpu": "2"}), STABLE, None, SETTINGS)
+    )
+    assert pod["containers"][0]["resources"] == {"requests": {"cpu": "2"}, "limits": {"cpu": "2"}}
+    assert pod["tolerations"] == []
+
+
+def test_restricted_security_context_and_writable_paths_only_on_empty_dirs() -> None:
+    pod = pod_spec(desired_children(OWNER, spec(), STABLE, None, SETTINGS))
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    for container in pod["containers"] + pod["initContainers"]:
+        ctx = container["securityContext"]
+        assert ctx["allowPrivilegeEscalation"] is False
+        assert ctx["readOnlyRootFilesystem"] is True
+        assert ctx["capabilities"] == {"drop": ["ALL"]}
+        mounted = {m["name"] for m in container["volumeMounts"]}
+        assert mounted <= {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+
+
+def test_runtime_listens_on_the_pod_ip_with_v2_probes_and_drains_within_the_grace_period() -> None:
+    pod = pod_spec(desired_children(OWNER, spec(), STABLE, None, SETTINGS))
+    runtime = pod["containers"][0]
+    assert runtime["command"] == ["modelplane", "runtime"]
+    args = runtime["args"]
+    assert args[args.index("--host") + 1] == "$(POD_IP)"
+    env = {e["name"]: e for e in runtime["env"]}
+    assert env["POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert runtime["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert runtime["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    drain = float(args[args.index("--drain-timeout") + 1])
+    assert pod["terminationGracePeriodSeconds"] > drain
+    init = pod["initContainers"][0]
+    assert init["args"][init["args"].index("--sha256") + 1] == "a" * 64
+
+
+def test_rollouts_never_drop_below_desired_ready_pods() -> None:
+    deployment = by_kind(desired_children(OWNER, spec(), STABLE, None, SETTINGS))["Deployment"][0]
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_canary_gets_its_own_deployment_share_and_stable_selector_stays_fixed() -> None:
+    s = spec(replicas=4, traffic={"canary": {"version": 4, "percent": 25}})
+    stable, canary = by_kind(desired_children(OWNER, s, STABLE, CANARY, SETTINGS))["Deployment"]
+    assert stable["metadata"]["name"] == "iris"
+    assert canary["metadata"]["name"] == "iris-canary"
+    assert stable["spec"]["selector"]["matchLabels"] == {DEPLOYMENT_LABEL: "iris", ROLE_LABEL: "stable"}
+    assert canary["spec"]["selector"]["matchLabels"] == {DEPLOYMENT_LABEL: "iris", ROLE_LABEL: "canary"}
+    assert (stable["spec"]["replicas"], canary["spec"]["replicas"]) == (4, 1)
+    assert canary["spec"]["template"]["metadata"]["labels"]["modelplane.io/model-version"] == "4"
+
+
+def test_replica_counts_follow_spec_replicas_or_min_and_canary_at_least_one() -> None:
+    assert replicas_for(spec(), "stable") == 1
+    assert replicas_for(spec(replicas=0, autoscaling={"minReplicas": 0}), "stable") == 0
+    assert replicas_for(spec(replicas=3, traffic={"canary": {"version": 4, "percent": 1}}), "canary") == 1
+    assert (
+        replicas_for(
+            spec(
+                replicas=0, autoscaling={"minReplicas": 0}, traffic={"canary": {"version": 4, "percent": 50}}
+            ),
+            "canary",
+        )
+        == 0
+    )
+    assert replicas_for(spec(replicas=3, traffic={"canary": {"version": 4, "percent": 0}}), "canary") == 0
