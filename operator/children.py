@@ -16,7 +16,7 @@ from modelplane.operator.api import v1alpha1 as api
 from modelplane.operator.gpus import GPU_RESOURCE, GPU_TAINT_KEY, gpu_node_affinity
 
 Manifest = dict[str, Any]
-Role = Literal["stable", "canary"]
+Role = Literal["stable", "canary", "shadow"]
 
 DEPLOYMENT_LABEL = "modelplane.io/deployment"
 ROLE_LABEL = "modelplane.io/role"
@@ -100,15 +100,15 @@ def _metadata(owner: Owner, name: str, labels: dict[str, str]) -> dict[str, Any]
 
 def replicas_for(spec: api.ModelDeploymentSpec, role: Role) -> int:
     """Replicas of a role: stable follows spec.replicas (the autoscaler's output, bounded);
-    a canary gets its percent of that, at least one while its percent is above zero."""
+    a canary or shadow gets its percent of that, at least one while its percent is above zero."""
     bounds = spec.autoscaling
     stable = spec.replicas if spec.replicas is not None else bounds.min_replicas
     if role == "stable":
         return stable
-    canary = spec.traffic.canary
-    if canary is None or canary.percent == 0 or stable == 0:
+    target = spec.traffic.canary if role == "canary" else spec.traffic.shadow
+    if target is None or target.percent == 0 or stable == 0:
         return 0
-    return max(1, math.ceil(stable * canary.percent / 100))
+    return max(1, math.ceil(stable * target.percent / 100))
 
 
 def resources(spec: api.ModelDeploymentSpec) -> dict[str, Any]:
@@ -377,13 +377,15 @@ def desired_children(
     owner: Owner,
     spec: api.ModelDeploymentSpec,
     stable: ServedVersion,
-    canary: ServedVersion | None,
+    others: list[ServedVersion] | None,
     settings: OperatorSettings,
 ) -> list[Manifest]:
-    """Everything the deployment should own right now, in apply order."""
+    """Everything the deployment should own right now, in apply order.
+
+    ``others`` are the canary and shadow versions in force (each gets its own Deployment).
+    """
     children = [deployment(owner, spec, stable, settings)]
-    if canary is not None:
-        children.append(deployment(owner, spec, canary, settings))
+    children += [deployment(owner, spec, served, settings) for served in others or []]
     children += [service(owner, settings), pod_disruption_budget(owner, settings)]
     return children
 

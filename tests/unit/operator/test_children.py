@@ -61,8 +61,8 @@ def test_one_deployment_service_and_pdb_all_owned_and_labelled() -> None:
 
 
 def test_rendering_is_deterministic() -> None:
-    assert desired_children(OWNER, spec(), STABLE, CANARY, SETTINGS) == desired_children(
-        OWNER, spec(), STABLE, CANARY, SETTINGS
+    assert desired_children(OWNER, spec(), STABLE, [CANARY], SETTINGS) == desired_children(
+        OWNER, spec(), STABLE, [CANARY], SETTINGS
     )
 
 
@@ -177,7 +177,7 @@ def test_rollouts_never_drop_below_desired_ready_pods() -> None:
 
 def test_canary_gets_its_own_deployment_share_and_stable_selector_stays_fixed() -> None:
     s = spec(replicas=4, traffic={"canary": {"version": 4, "percent": 25}})
-    stable, canary = by_kind(desired_children(OWNER, s, STABLE, CANARY, SETTINGS))["Deployment"]
+    stable, canary = by_kind(desired_children(OWNER, s, STABLE, [CANARY], SETTINGS))["Deployment"]
     assert stable["metadata"]["name"] == "iris"
     assert canary["metadata"]["name"] == "iris-canary"
     assert stable["spec"]["selector"]["matchLabels"] == {DEPLOYMENT_LABEL: "iris", ROLE_LABEL: "stable"}

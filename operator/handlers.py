@@ -1,0 +1,125 @@
+"""kopf wiring: which events trigger a reconcile, and how failures are retried.
+
+Every trigger funnels into :class:`Coalescer`, which runs at most one reconcile per
+ModelDeployment at a time and folds the triggers that arrive meanwhile into one more run. Retry
+policy is carried by the exception type, as kopf intends: a temporary failure (registry down, API
+conflict) raises ``kopf.TemporaryError`` with a delay; a permanent one (unknown model) is reported
+as a condition and waits for the next spec change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import kopf
+from prometheus_client import Counter, Histogram
+
+from modelplane.operator.api import v1alpha1 as api
+from modelplane.operator.children import DEPLOYMENT_LABEL
+from modelplane.operator.kube import KubeError
+from modelplane.operator.reconcile import Outcome, Reconciler
+
+log = logging.getLogger("modelplane.operator")
+
+RECONCILES = Counter("modelplane_operator_reconciles_total", "Reconciles run, by result", ["result"])
+RECONCILE_SECONDS = Histogram("modelplane_operator_reconcile_duration_seconds", "Time spent in one reconcile")
+CHILD_WRITES = Counter("modelplane_operator_child_writes_total", "Children applied or deleted", ["kind"])
+
+RESYNC_SECONDS = 30.0
+
+
+class Coalescer:
+    """One reconcile at a time per key; triggers during a run cause exactly one more run."""
+
+    def __init__(self, run: Callable[[str, str], Awaitable[Outcome]]) -> None:
+        self._run = run
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._dirty: set[tuple[str, str]] = set()
+        self._scheduled: set[tuple[str, str]] = set()
+
+    async def reconcile(self, namespace: str, name: str) -> Outcome:
+        key = (namespace, name)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        if lock.locked():
+            self._dirty.add(key)
+        async with lock:
+            self._dirty.discard(key)
+            outcome = await self._timed(namespace, name)
+            while key in self._dirty:
+                self._dirty.discard(key)
+                outcome = await self._timed(namespace, name)
+            return outcome
+
+    def poke(self, namespace: str, name: str, delay: float = 0.3) -> None:
+        """Reconcile soon, from a watch event; a burst of events within ``delay`` makes one run.
+
+        Errors are logged; the periodic resync catches up with anything missed.
+        """
+        key = (namespace, name)
+        if key in self._scheduled:
+            return
+        self._scheduled.add(key)
+
+        async def later() -> Outcome:
+            await asyncio.sleep(delay)
+            self._scheduled.discard(key)
+            return await self.reconcile(namespace, name)
+
+        task = asyncio.get_running_loop().create_task(later())
+        task.add_done_callback(_log_failure)
+
+    async def _timed(self, namespace: str, name: str) -> Outcome:
+        started = time.perf_counter()
+        try:
+            outcome = await self._run(namespace, name)
+        except Exception:
+            RECONCILES.labels(result="error").inc()
+            raise
+        finally:
+            RECONCILE_SECONDS.observe(time.perf_counter() - started)
+        RECONCILES.labels(result="retry" if outcome.retry_after else "ok").inc()
+        for change in outcome.applied + outcome.deleted:
+            CHILD_WRITES.labels(kind=change.split("/", 1)[0]).inc()
+        return outcome
+
+
+def _log_failure(task: asyncio.Task[Outcome]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.warning("reconcile after a child event failed: %s", exc)
+
+
+def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> Coalescer:
+    """Attach the handlers to ``registry``; returns the coalescer (tests use it directly)."""
+    coalescer = Coalescer(reconciler.reconcile)
+    resource = (api.GROUP, api.VERSION, api.PLURAL)
+
+    async def on_change(namespace: str | None, name: str | None, **_: Any) -> None:
+        assert namespace is not None
+        assert name is not None
+        try:
+            outcome = await coalescer.reconcile(namespace, name)
+        except KubeError as exc:
+            if exc.temporary:
+                raise kopf.TemporaryError(str(exc), delay=5) from exc
+            raise
+        if outcome.retry_after is not None:
+            raise kopf.TemporaryError(outcome.retry_reason, delay=outcome.retry_after)
+
+    kopf.on.create(*resource, registry=registry)(on_change)
+    kopf.on.update(*resource, registry=registry, field="spec")(on_change)
+    kopf.on.resume(*resource, registry=registry)(on_change)
+    kopf.timer(*resource, registry=registry, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)(on_change)
+
+    async def on_child_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
+        owner = labels.get(DEPLOYMENT_LABEL)
+        if owner and namespace:
+            coalescer.poke(namespace, owner)
+
+    child_labels = {DEPLOYMENT_LABEL: kopf.PRESENT}
+    kopf.on.event("apps", "v1", "deployments", labels=child_labels, registry=registry)(on_child_event)
+    kopf.on.event("", "v1", "pods", labels=child_labels, registry=registry)(on_child_event)
+    return coalescer

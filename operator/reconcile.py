@@ -1,0 +1,289 @@
+"""One level-triggered reconcile of a ModelDeployment: read, resolve, apply, observe, report.
+
+Every trigger (create, update, resume, a child's change, the periodic resync) runs the same
+function, which reads the current object from the API rather than trusting the event. Children
+are applied only when they differ from what is live, so a no-change reconcile writes nothing; the
+status is patched only when it changed; an Event is posted for each condition that changed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from modelplane.operator.api import v1alpha1 as api
+from modelplane.operator.children import (
+    DEPLOYMENT_LABEL,
+    ROLE_LABEL,
+    Manifest,
+    OperatorSettings,
+    Owner,
+    Role,
+    ServedVersion,
+    desired_children,
+    replicas_for,
+    service_url,
+    total_gpus,
+)
+from modelplane.operator.kube import KubeApi, needs_apply
+from modelplane.operator.resolver import ResolutionError, Resolved, Resolver, spec_sources
+from modelplane.operator.status.conditions import merge_conditions, now_rfc3339, transitions
+from modelplane.operator.status.readiness import (
+    Observation,
+    ResolutionFailure,
+    WorkloadState,
+    decide_conditions,
+)
+
+log = logging.getLogger("modelplane.operator")
+
+
+@dataclass
+class Outcome:
+    """What a reconcile did; ``retry_after`` is set when a temporary failure should be retried."""
+
+    applied: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    status_changed: bool = False
+    retry_after: float | None = None
+    retry_reason: str = ""
+
+
+def _workload_state(deployment: Manifest | None) -> WorkloadState | None:
+    if deployment is None:
+        return None
+    status = deployment.get("status", {})
+    conditions = {c.get("type"): c for c in status.get("conditions", [])}
+    progressing = conditions.get("Progressing", {})
+    return WorkloadState(
+        generation=deployment["metadata"].get("generation", 0),
+        observed_generation=status.get("observedGeneration", 0),
+        replicas=status.get("replicas", 0),
+        updated_replicas=status.get("updatedReplicas", 0),
+        ready_replicas=status.get("readyReplicas", 0),
+        available_replicas=status.get("availableReplicas", 0),
+        progress_deadline_exceeded=progressing.get("reason") == "ProgressDeadlineExceeded",
+    )
+
+
+def unschedulable_messages(pods: list[Manifest]) -> list[str]:
+    """The scheduler's messages for pods it could not place, newest first."""
+    found: list[tuple[str, str]] = []
+    for pod in pods:
+        if pod.get("metadata", {}).get("deletionTimestamp"):
+            continue
+        for condition in pod.get("status", {}).get("conditions", []):
+            if (
+                condition.get("type") == "PodScheduled"
+                and condition.get("status") == "False"
+                and condition.get("reason") == "Unschedulable"
+            ):
+                found.append(
+                    (condition.get("lastTransitionTime") or "", condition.get("message") or "unschedulable")
+                )
+    return [message for _, message in sorted(found, reverse=True)]
+
+
+def _resolved_model(resolved: Resolved | None, source: api.ModelSource, name: str) -> dict[str, Any] | None:
+    if resolved is None:
+        return None
+    served = resolved.served
+    model = api.ResolvedModel(
+        name=name,
+        version=served.version,
+        alias=source.alias,
+        storage_uri=source.storage_uri,
+        artifact_digest=f"sha256:{served.sha256}" if served.sha256 else None,
+    )
+    return model.model_dump(by_alias=True, exclude_none=True)
+
+
+class Reconciler:
+    """Holds the clients; :meth:`reconcile` is safe to call any number of times."""
+
+    def __init__(self, kube: KubeApi, resolver: Resolver, settings: OperatorSettings) -> None:
+        self.kube = kube
+        self.resolver = resolver
+        self.settings = settings
+
+    async def _resolve_all(
+        self, spec: api.ModelDeploymentSpec
+    ) -> tuple[Resolved | None, dict[Role, Resolved], ResolutionError | None]:
+        batching = (spec.batching.max_batch_size, spec.batching.max_latency_ms)
+        try:
+            stable = await self.resolver.resolve(
+                spec.model.name, spec_sources(spec.model), "stable", *batching
+            )
+            others: dict[Role, Resolved] = {}
+            targets: list[tuple[Role, api.TrafficTarget | None]] = [
+                ("canary", spec.traffic.canary),
+                ("shadow", spec.traffic.shadow),
+            ]
+            for role, target in targets:
+                if target is not None and target.percent > 0:
+                    others[role] = await self.resolver.resolve(spec.model.name, target, role, *batching)
+            return stable, others, None
+        except ResolutionError as exc:
+            return None, {}, exc
+
+    async def _apply_children(self, owner: Owner, desired: list[Manifest], outcome: Outcome) -> None:
+        for child in desired:
+            meta = child["metadata"]
+            live = await self.kube.get(child["apiVersion"], child["kind"], owner.namespace, meta["name"])
+            if live is None or needs_apply(child, live):
+                await self.kube.apply(child)
+                outcome.applied.append(f"{child['kind']}/{meta['name']}")
+        # Prune Deployments of roles no longer wanted (a canary or shadow that was removed).
+        wanted = {c["metadata"]["name"] for c in desired if c["kind"] == "Deployment"}
+        existing = await self.kube.list(
+            "apps/v1", "Deployment", owner.namespace, f"{DEPLOYMENT_LABEL}={owner.name}"
+        )
+        for item in existing:
+            name = item["metadata"]["name"]
+            owned = any(ref.get("uid") == owner.uid for ref in item["metadata"].get("ownerReferences", []))
+            if owned and name not in wanted:
+                await self.kube.delete("apps/v1", "Deployment", owner.namespace, name)
+                outcome.deleted.append(f"Deployment/{name}")
+
+    async def reconcile(self, namespace: str, name: str) -> Outcome:
+        outcome = Outcome()
+        body = await self.kube.get(api.API_VERSION, api.KIND, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return outcome
+        meta = body["metadata"]
+        owner = Owner(name=name, namespace=namespace, uid=meta["uid"])
+        generation = int(meta.get("generation", 1))
+        old_status = body.get("status") or {}
+        old_conditions = [api.Condition.model_validate(c) for c in old_status.get("conditions", [])]
+
+        try:
+            spec = api.ModelDeploymentSpec.model_validate(body.get("spec") or {})
+        except ValidationError as exc:
+            invalid = ResolutionFailure("InvalidSpec", f"the spec does not validate: {exc}")
+            observation = Observation(generation=generation, desired_replicas=0, resolution_failure=invalid)
+            await self._report(body, owner, observation, {}, old_conditions, outcome)
+            return outcome
+
+        stable, others, error = await self._resolve_all(spec)
+        failure: ResolutionFailure | None = None
+        if error is not None:
+            failure = ResolutionFailure(error.reason, error.message, error.temporary)
+            if error.temporary:
+                outcome.retry_after, outcome.retry_reason = 15.0, error.message
+        elif stable is not None:
+            served_others: list[ServedVersion] = [r.served for r in others.values()]
+            await self._apply_children(
+                owner, desired_children(owner, spec, stable.served, served_others, self.settings), outcome
+            )
+
+        live_stable = await self.kube.get("apps/v1", "Deployment", namespace, name)
+        pods = await self.kube.list("v1", "Pod", namespace, f"{DEPLOYMENT_LABEL}={name}")
+        desired_replicas = replicas_for(spec, "stable")
+        observation = Observation(
+            generation=generation,
+            desired_replicas=desired_replicas,
+            resolved=stable.description if stable else None,
+            resolution_failure=failure,
+            workload=_workload_state(live_stable),
+            unschedulable=unschedulable_messages(pods),
+        )
+        workload = observation.workload
+        extra: dict[str, Any] = {
+            "replicas": workload.replicas if workload else 0,
+            "readyReplicas": workload.ready_replicas if workload else 0,
+            "ready": f"{workload.ready_replicas if workload else 0}/{desired_replicas}",
+            "selector": f"{DEPLOYMENT_LABEL}={name},{ROLE_LABEL}=stable",
+            "gpus": total_gpus(spec, workload.replicas if workload else 0),
+            "url": service_url(owner, self.settings),
+        }
+        model = _resolved_model(stable, spec_sources(spec.model), spec.model.name)
+        if model is not None:
+            extra["model"] = model
+        elif old_status.get("model"):
+            extra["model"] = old_status["model"]  # keep reporting what is still serving
+        for role, resolved in others.items():
+            target = spec.traffic.canary if role == "canary" else spec.traffic.shadow
+            assert target is not None
+            extra[role] = _resolved_model(resolved, target, spec.model.name)
+        canary_percent = spec.traffic.canary.percent if spec.traffic.canary and "canary" in others else 0
+        traffic = [
+            {
+                "role": "stable",
+                "version": stable.served.version if stable else None,
+                "percent": 100 - canary_percent,
+            }
+        ]
+        if "canary" in others:
+            traffic.append(
+                {"role": "canary", "version": others["canary"].served.version, "percent": canary_percent}
+            )
+        if "shadow" in others and spec.traffic.shadow is not None:
+            traffic.append(
+                {
+                    "role": "shadow",
+                    "version": others["shadow"].served.version,
+                    "percent": spec.traffic.shadow.percent,
+                }
+            )
+        extra["traffic"] = [{k: v for k, v in t.items() if v is not None} for t in traffic] if stable else []
+        await self._report(body, owner, observation, extra, old_conditions, outcome)
+        return outcome
+
+    async def _report(
+        self,
+        body: Manifest,
+        owner: Owner,
+        observation: Observation,
+        extra: dict[str, Any],
+        old_conditions: list[api.Condition],
+        outcome: Outcome,
+    ) -> None:
+        old_status = body.get("status") or {}
+        conditions = merge_conditions(old_conditions, decide_conditions(observation), now_rfc3339())
+        status: dict[str, Any] = {
+            **extra,
+            "observedGeneration": observation.generation,
+            "conditions": [c.model_dump(by_alias=True, exclude_none=True) for c in conditions],
+        }
+        for stale in ("model", "canary", "shadow"):
+            if stale in old_status and stale not in status:
+                status[stale] = None  # merge patch: remove what no longer applies
+        if any(old_status.get(key) != value for key, value in status.items()):
+            await self.kube.patch_status(api.API_VERSION, api.KIND, owner.namespace, owner.name, status)
+            outcome.status_changed = True
+        for changed in transitions(old_conditions, conditions):
+            await self._event(body, changed)
+
+    async def _event(self, body: Manifest, condition: api.Condition) -> None:
+        meta = body["metadata"]
+        healthy = condition.status == "True" or (
+            condition.type == "Progressing" and condition.reason == "Complete"
+        )
+        now = now_rfc3339()
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": api.API_VERSION,
+                "kind": api.KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": "Normal" if healthy else "Warning",
+            "reason": condition.reason or condition.type,
+            "message": f"{condition.type}={condition.status}: {condition.message}"[:1024],
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "source": {"component": self.kube.field_manager},
+            "reportingComponent": self.kube.field_manager,
+        }
+        try:
+            await self.kube.create_event(meta["namespace"], event)
+        except Exception:  # an Event is best effort; the condition already carries the news
+            log.warning("could not post an Event for %s/%s", meta["namespace"], meta["name"], exc_info=True)

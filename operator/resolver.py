@@ -1,0 +1,49 @@
+"""Resolve a ModelDeployment's model reference into the artifacts to serve.
+
+The registry says which version an alias points at, where its artifact is, its digest and its
+tensor signature (from which the runtime's model configuration is written). A direct
+``storageUri`` skips the registry. Failures are classified: a registry that cannot be reached is
+temporary (retry with back-off), an unknown model or alias is permanent (report and wait for a
+spec change).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from modelplane.operator.api.v1alpha1 import ModelSource, ModelSpec
+from modelplane.operator.children import Role, ServedVersion
+
+
+class ResolutionError(Exception):
+    """The reference cannot be resolved now; ``temporary`` says whether retrying may help."""
+
+    def __init__(self, reason: str, message: str, *, temporary: bool) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.temporary = temporary
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A resolved model reference, ready to render."""
+
+    served: ServedVersion
+    description: str  # for the ModelResolved condition, e.g. "iris version 3 (alias production)"
+
+
+class Resolver(Protocol):
+    """Turns (model name, source) into what to serve; implemented against the registry."""
+
+    async def resolve(
+        self, name: str, source: ModelSource, role: Role, max_batch_size: int, max_latency_ms: float
+    ) -> Resolved: ...
+
+
+def spec_sources(model: ModelSpec) -> ModelSource:
+    """The stable version's source, as a plain ModelSource."""
+    return ModelSource(
+        version=model.version, alias=model.alias, storage_uri=model.storage_uri, sha256=model.sha256
+    )
