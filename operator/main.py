@@ -1,0 +1,76 @@
+"""Run the operator: kopf with Modelplane's handlers, a metrics endpoint and a liveness probe."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass, field
+
+import kopf
+from prometheus_client import start_http_server
+
+from modelplane.operator.children import FIELD_MANAGER, OperatorSettings
+from modelplane.operator.handlers import register
+from modelplane.operator.kube import KubeApi, load_connection
+from modelplane.operator.reconcile import Reconciler
+from modelplane.operator.resolver import Resolver
+
+log = logging.getLogger("modelplane.operator")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How the operator process runs (from the command line)."""
+
+    namespaces: tuple[str, ...] = ()  # empty: cluster-wide
+    peering: str | None = "modelplane"  # None: standalone (one replica only)
+    health_host: str = "0.0.0.0"  # noqa: S104 (probes come from the kubelet)
+    health_port: int = 8080
+    metrics_port: int | None = 9090
+    settings: OperatorSettings = field(default_factory=OperatorSettings)
+
+
+def _configure_kopf(settings: kopf.OperatorSettings, peering: str | None) -> None:
+    settings.persistence.finalizer = "modelplane.io/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="modelplane.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="modelplane.io")
+    settings.posting.level = logging.WARNING  # kopf's own events only for problems; ours carry the news
+    settings.watching.server_timeout = 300  # re-list at least every 5 minutes: no silently stalled watch
+    settings.watching.client_timeout = 330
+    settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
+    if peering is None:
+        settings.peering.standalone = True
+    else:
+        settings.peering.name = peering
+        settings.peering.mandatory = True
+        settings.peering.clusterwide = True
+
+
+async def run(options: RunOptions, resolver: Resolver, stop: threading.Event | None = None) -> None:
+    """Run until ``stop`` is set (or forever); raises if the cluster cannot be reached."""
+    if options.metrics_port is not None:
+        start_http_server(options.metrics_port)
+    kube = KubeApi(load_connection(), field_manager=FIELD_MANAGER)
+    registry = kopf.OperatorRegistry()
+    register(registry, Reconciler(kube, resolver, options.settings))
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: object) -> None:
+        _configure_kopf(settings, options.peering)
+
+    try:
+        await kopf.operator(
+            registry=registry,
+            clusterwide=not options.namespaces,
+            namespaces=list(options.namespaces),
+            liveness_endpoint=f"http://{options.health_host}:{options.health_port}/healthz",
+            stop_flag=stop,
+        )
+    finally:
+        await kube.close()
+
+
+def run_forever(options: RunOptions, resolver: Resolver) -> None:
+    """Blocking entry point for the CLI."""
+    asyncio.run(run(options, resolver))
