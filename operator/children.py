@@ -168,6 +168,8 @@ def runtime_containers(
         {"name": "model-repository", "mountPath": MODEL_REPOSITORY},
         {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108
     ]
+    # The init container writes MODELPLANE_MODEL_CONFIG as NAME/config.pbtxt (with the artifact's
+    # URI and sha256 as parameters) and fetches the artifact into the cache the runtime reads.
     prepare_args = [
         "--model-repository",
         MODEL_REPOSITORY,
@@ -175,11 +177,7 @@ def runtime_containers(
         served.model_name,
         "--version",
         str(served.version or 1),
-        "--source",
-        served.artifact_uri,
     ]
-    if served.sha256:
-        prepare_args += ["--sha256", served.sha256]
     image = spec.runtime.image or settings.runtime_image
     init = {
         "name": "prepare-model",

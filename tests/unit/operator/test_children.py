@@ -167,7 +167,8 @@ def test_runtime_listens_on_the_pod_ip_with_v2_probes_and_drains_within_the_grac
     drain = float(args[args.index("--drain-timeout") + 1])
     assert pod["terminationGracePeriodSeconds"] > drain
     init = pod["initContainers"][0]
-    assert init["args"][init["args"].index("--sha256") + 1] == "a" * 64
+    assert init["command"] == ["modelplane", "prepare-model"]
+    assert {e["name"]: e.get("value") for e in init["env"]}["MODELPLANE_MODEL_CONFIG"] == STABLE.config_pbtxt
 
 
 def test_rollouts_never_drop_below_desired_ready_pods() -> None:
