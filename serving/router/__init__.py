@@ -1,0 +1,1 @@
+"""The model-aware router: discovery, weighted version split, least-outstanding balancing, resilience."""

@@ -1,0 +1,140 @@
+"""Choosing where a request goes: the version by weight, then an endpoint by least outstanding requests.
+
+Pure decisions over in-memory state, so the hot path does no I/O and every rule is unit-tested:
+- versions are split by weight (a canary's percent), or pinned by a sticky key's hash;
+- among a version's ready endpoints the balancer takes the less loaded of two random picks
+  ("power of two choices"), which avoids both herding and a global scan;
+- endpoints that fail repeatedly are ejected for a back-off that doubles per ejection, never more
+  than half of a version's endpoints at once (a broken canary must not take stable down with it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Endpoint:
+    """One ready backend (a runtime pod) and what the router knows about it."""
+
+    key: str  # stable identity, e.g. the pod IP:port
+    http: str  # base URL for V2 HTTP, e.g. http://10.0.0.5:8000
+    grpc: str | None  # host:port for V2 gRPC
+    outstanding: int = 0
+    consecutive_failures: int = 0
+    ejections: int = 0
+    ejected_until: float = 0.0
+
+    def available(self, now: float) -> bool:
+        return now >= self.ejected_until
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A version of a model and its share of traffic."""
+
+    version: str
+    weight: int  # relative; for stable/canary these are the percents
+    role: str = "stable"
+
+
+def pick_backend(
+    backends: Sequence[Backend], rng: random.Random, sticky_key: str | None = None
+) -> Backend | None:
+    """Choose a version by weight; the same sticky key always lands on the same version."""
+    weighted = [b for b in backends if b.weight > 0]
+    if not weighted:
+        return None
+    total = sum(b.weight for b in weighted)
+    if sticky_key is not None:
+        digest = hashlib.blake2b(sticky_key.encode(), digest_size=8).digest()
+        point = int.from_bytes(digest, "big") % total
+    else:
+        point = rng.randrange(total)
+    for backend in weighted:
+        if point < backend.weight:
+            return backend
+        point -= backend.weight
+    return weighted[-1]
+
+
+def pick_endpoint(
+    endpoints: Sequence[Endpoint], rng: random.Random, now: float, exclude: frozenset[str] = frozenset()
+) -> Endpoint | None:
+    """Power of two choices over available endpoints (falling back to ejected ones if none is)."""
+    candidates = [e for e in endpoints if e.key not in exclude and e.available(now)]
+    if not candidates:
+        candidates = [e for e in endpoints if e.key not in exclude]
+    if not candidates:
+        return None
+    if len(candidates) == 1:
+        return candidates[0]
+    a, b = rng.sample(candidates, 2)
+    return a if a.outstanding <= b.outstanding else b
+
+
+@dataclass(frozen=True)
+class EjectionPolicy:
+    """Passive outlier detection settings."""
+
+    consecutive_failures: int = 5
+    base_seconds: float = 5.0
+    max_seconds: float = 120.0
+    max_ejected_fraction: float = 0.5
+
+
+def record_result(
+    endpoint: Endpoint, ok: bool, now: float, peers: Sequence[Endpoint], policy: EjectionPolicy
+) -> bool:
+    """Update an endpoint after a response; returns True when this result ejected it."""
+    if ok:
+        endpoint.consecutive_failures = 0
+        if endpoint.ejections and endpoint.available(now):
+            endpoint.ejections -= 1  # healthy again: the next ejection backs off less
+        return False
+    endpoint.consecutive_failures += 1
+    if endpoint.consecutive_failures < policy.consecutive_failures or not endpoint.available(now):
+        return False
+    ejected = sum(1 for e in peers if not e.available(now))
+    if (ejected + 1) > policy.max_ejected_fraction * len(peers):
+        return False
+    endpoint.ejections += 1
+    endpoint.consecutive_failures = 0
+    endpoint.ejected_until = now + min(
+        policy.max_seconds, policy.base_seconds * 2 ** (endpoint.ejections - 1)
+    )
+    return True
+
+
+@dataclass
+class RetryBudget:
+    """Retries allowed as a share of recent requests (Finagle's budget), plus a small floor.
+
+    Each request deposits ``ratio`` tokens; each retry withdraws one. The floor lets a quiet model
+    still retry ``min_per_second`` times a second. This bounds retry storms when a backend fails.
+    """
+
+    ratio: float = 0.2
+    min_per_second: float = 10.0
+    cap: float = 100.0
+    balance: float = 0.0
+    floor_tokens: float = field(default=10.0)
+    last_refill: float = 0.0
+
+    def deposit(self) -> None:
+        self.balance = min(self.cap, self.balance + self.ratio)
+
+    def try_withdraw(self, now: float) -> bool:
+        elapsed = max(0.0, now - self.last_refill)
+        self.last_refill = now
+        self.floor_tokens = min(self.min_per_second, self.floor_tokens + elapsed * self.min_per_second)
+        if self.balance >= 1.0 - 1e-9:  # 5 deposits of 0.2 make a whole token despite rounding
+            self.balance = max(0.0, self.balance - 1.0)
+            return True
+        if self.floor_tokens >= 1.0:
+            self.floor_tokens -= 1.0
+            return True
+        return False
