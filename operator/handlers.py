@@ -18,9 +18,9 @@ from typing import Any
 import kopf
 from prometheus_client import Counter, Histogram
 
+from modelplane.kube import KubeError
 from modelplane.operator.api import v1alpha1 as api
 from modelplane.operator.children import DEPLOYMENT_LABEL
-from modelplane.operator.kube import KubeError
 from modelplane.operator.reconcile import Outcome, Reconciler
 
 log = logging.getLogger("modelplane.operator")

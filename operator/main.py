@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import kopf
 from prometheus_client import start_http_server
 
+from modelplane.kube import KubeApi, load_connection
 from modelplane.operator.children import FIELD_MANAGER, OperatorSettings
 from modelplane.operator.handlers import register
-from modelplane.operator.kube import KubeApi, load_connection
 from modelplane.operator.reconcile import Reconciler
 from modelplane.operator.resolver import Resolver
 

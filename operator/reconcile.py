@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from modelplane.kube import KubeApi, needs_apply
 from modelplane.operator.api import v1alpha1 as api
 from modelplane.operator.children import (
     DEPLOYMENT_LABEL,
@@ -28,7 +29,6 @@ from modelplane.operator.children import (
     service_url,
     total_gpus,
 )
-from modelplane.operator.kube import KubeApi, needs_apply
 from modelplane.operator.resolver import ResolutionError, Resolved, Resolver, spec_sources
 from modelplane.operator.status.conditions import merge_conditions, now_rfc3339, transitions
 from modelplane.operator.status.readiness import (
@@ -138,7 +138,7 @@ class Reconciler:
                 outcome.applied.append(f"{child['kind']}/{meta['name']}")
         # Prune Deployments of roles no longer wanted (a canary or shadow that was removed).
         wanted = {c["metadata"]["name"] for c in desired if c["kind"] == "Deployment"}
-        existing = await self.kube.list(
+        existing = await self.kube.list_objects(
             "apps/v1", "Deployment", owner.namespace, f"{DEPLOYMENT_LABEL}={owner.name}"
         )
         for item in existing:
@@ -180,7 +180,7 @@ class Reconciler:
             )
 
         live_stable = await self.kube.get("apps/v1", "Deployment", namespace, name)
-        pods = await self.kube.list("v1", "Pod", namespace, f"{DEPLOYMENT_LABEL}={name}")
+        pods = await self.kube.list_objects("v1", "Pod", namespace, f"{DEPLOYMENT_LABEL}={name}")
         desired_replicas = replicas_for(spec, "stable")
         observation = Observation(
             generation=generation,

@@ -32,11 +32,12 @@ class Target:
     version: str | None
     rest: str  # "", "/ready", "/infer", ...
 
-    def backend_path(self, version: str | None) -> str:
-        """The path on the runtime: always version-qualified when a version is known."""
+    def backend_path(self, version: str | None, model: str | None = None) -> str:
+        """The path on the runtime (``model`` when it names the model differently), version-qualified."""
+        name = model or self.model
         if version is None:
-            return f"/v2/models/{self.model}{self.rest}"
-        return f"/v2/models/{self.model}/versions/{version}{self.rest}"
+            return f"/v2/models/{name}{self.rest}"
+        return f"/v2/models/{name}/versions/{version}{self.rest}"
 
 
 def parse_target(path: str, namespace_header: str | None) -> Target | None:
@@ -55,7 +56,6 @@ def parse_target(path: str, namespace_header: str | None) -> Target | None:
     )
 
 
-def route_keys(target: Target, default_namespace: str) -> list[str]:
+def route_keys(model: str, namespace: str | None, default_namespace: str) -> list[str]:
     """Table keys to try, most specific first: ``namespace/name``, then a bare ``name``."""
-    namespace = target.namespace or default_namespace
-    return [f"{namespace}/{target.model}", target.model]
+    return [f"{namespace or default_namespace}/{model}", model]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -20,19 +19,10 @@ from typing import Any
 import aiohttp
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from modelplane.serving.router.activation import ActivationQueue, ActivationTimeoutError, QueueFullError
-from modelplane.serving.router.balancing import (
-    Backend,
-    EjectionPolicy,
-    Endpoint,
-    RetryBudget,
-    pick_backend,
-    pick_endpoint,
-    record_result,
-)
-from modelplane.serving.router.metrics import RouterMetrics
-from modelplane.serving.router.paths import NAMESPACE_HEADER, Target, parse_target, route_keys
-from modelplane.serving.router.routes import ModelRoute, RouteTable
+from modelplane.serving.router.balancing import Backend, Endpoint, pick_endpoint
+from modelplane.serving.router.dispatch import BackendUnavailableError, Dispatcher, RequestError
+from modelplane.serving.router.paths import NAMESPACE_HEADER, Target, parse_target
+from modelplane.serving.router.routes import ModelRoute
 from modelplane.serving.router.shadow import outputs_match
 
 Scope = MutableMapping[str, Any]
@@ -54,30 +44,17 @@ HOP_BY_HOP = frozenset(
         b"content-length",
     }
 )
-STICKY_HEADER = "x-modelplane-session"
+STICKY_HEADER = b"x-modelplane-session"
 
 
 @dataclass(frozen=True)
-class RouterSettings:
-    """Limits and timeouts (all from the command line)."""
+class HttpSettings:
+    """Limits and timeouts of the HTTP front end (from the command line)."""
 
-    default_namespace: str = "default"
     max_body_bytes: int = 64 * 1024 * 1024
     body_timeout_s: float = 30.0
     connect_timeout_s: float = 2.0
     request_timeout_s: float = 120.0
-    max_attempts: int = 3
-    retry_after_s: int = 5
-
-
-class RequestError(Exception):
-    """A request the router answers itself, with a status code and a V2 error message."""
-
-    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.retry_after = retry_after
 
 
 @dataclass
@@ -88,25 +65,13 @@ class Forwarded:
     seconds: float
 
 
-class Router:
+class HttpFrontEnd:
     """ASGI application; ``start``/``close`` manage the backend connection pool."""
 
-    def __init__(
-        self,
-        table: RouteTable,
-        activation: ActivationQueue,
-        settings: RouterSettings | None = None,
-        metrics: RouterMetrics | None = None,
-        ejection: EjectionPolicy | None = None,
-        rng: random.Random | None = None,
-    ) -> None:
-        self.table = table
-        self.activation = activation
-        self.settings = settings or RouterSettings()
-        self.metrics = metrics or RouterMetrics()
-        self.ejection = ejection or EjectionPolicy()
-        self.rng = rng or random.Random()
-        self.budget = RetryBudget()
+    def __init__(self, dispatcher: Dispatcher, settings: HttpSettings | None = None) -> None:
+        self.dispatcher = dispatcher
+        self.metrics = dispatcher.metrics
+        self.settings = settings or HttpSettings()
         self.draining = False
         self._session: aiohttp.ClientSession | None = None
         self._shadow_tasks: set[asyncio.Task[None]] = set()
@@ -213,103 +178,31 @@ class Router:
             ) from None
         return b"".join(chunks)
 
-    def _lookup(self, target: Target) -> ModelRoute:
-        for key in route_keys(target, self.settings.default_namespace):
-            route = self.table.get(key)
-            if route is not None:
-                return route
-        raise RequestError(404, f"unknown model {target.model!r}")
-
     async def _route(
         self, target: Target, method: str, scope: Scope, body: bytes
     ) -> tuple[Forwarded, ModelRoute, str]:
-        route = self._lookup(target)
-        if not route.ready():
-            if not route.scaled_to_zero:
-                raise RequestError(
-                    503, f"model {target.model!r} has no ready endpoint", self.settings.retry_after_s
-                )
-            await self._await_activation(route)
-        version = self._choose_version(route, target, scope)
-        endpoints = route.endpoints.get(version, [])
-        if not endpoints:
-            raise RequestError(404, f"model {target.model!r} has no version {version!r}")
-        self.budget.deposit()
-        forwarded = await self._forward_with_retries(route, target, version, endpoints, method, scope, body)
-        return forwarded, route, version
-
-    async def _await_activation(self, route: ModelRoute) -> None:
-        self.metrics.queued.labels(model=route.name).inc()
-        try:
-            await self.activation.wait(route.name)
-        except QueueFullError as exc:
-            raise RequestError(429, str(exc), self.settings.retry_after_s) from None
-        except ActivationTimeoutError as exc:
-            raise RequestError(503, str(exc), self.settings.retry_after_s) from None
-        finally:
-            self.metrics.queued.labels(model=route.name).dec()
-
-    def _choose_version(self, route: ModelRoute, target: Target, scope: Scope) -> str:
-        if target.version is not None:
-            return target.version
         sticky = None
         for name, value in scope["headers"]:
-            if name == STICKY_HEADER.encode():
+            if name == STICKY_HEADER:
                 sticky = value.decode("latin-1")
-        backend = pick_backend(
-            [b for b in route.backends if route.endpoints.get(b.version)], self.rng, sticky
-        )
-        if backend is None:
-            raise RequestError(
-                503, f"model {target.model!r} has no version taking traffic", self.settings.retry_after_s
-            )
-        return backend.version
 
-    async def _forward_with_retries(
-        self,
-        route: ModelRoute,
-        target: Target,
-        version: str,
-        endpoints: list[Endpoint],
-        method: str,
-        scope: Scope,
-        body: bytes,
-    ) -> Forwarded:
-        tried: set[str] = set()
-        last_error = "no endpoint"
-        for attempt in range(self.settings.max_attempts):
-            now = time.monotonic()
-            endpoint = pick_endpoint(endpoints, self.rng, now, frozenset(tried))
-            if endpoint is None:
-                break
-            if attempt > 0:
-                if not self.budget.try_withdraw(now):
-                    break
-                self.metrics.retries.labels(model=route.name).inc()
-            tried.add(endpoint.key)
-            endpoint.outstanding += 1
-            self.metrics.in_flight.labels(model=route.name).inc()
+        async def call(route: ModelRoute, endpoint: Endpoint, version: str) -> Forwarded:
             try:
-                forwarded = await self._forward(endpoint, target.backend_path(version), method, scope, body)
+                path = target.backend_path(version, route.backend_model)
+                return await self._forward(endpoint, path, method, scope, body)
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-                last_error = f"{endpoint.http}: {exc.__class__.__name__}: {exc}"
-                self._record(route, endpoint, ok=False, endpoints=endpoints)
-                continue
-            finally:
-                endpoint.outstanding -= 1
-                self.metrics.in_flight.labels(model=route.name).dec()
-            self._record(route, endpoint, ok=forwarded.status < 500, endpoints=endpoints)
-            if forwarded.status == 503 and attempt + 1 < self.settings.max_attempts:
-                last_error = f"{endpoint.http} answered 503"
-                continue
-            return forwarded
-        raise RequestError(
-            502, f"model {target.model!r}: no endpoint answered ({last_error})", self.settings.retry_after_s
-        )
+                raise BackendUnavailableError(f"{exc.__class__.__name__}: {exc}") from exc
 
-    def _record(self, route: ModelRoute, endpoint: Endpoint, ok: bool, endpoints: list[Endpoint]) -> None:
-        if record_result(endpoint, ok, time.monotonic(), endpoints, self.ejection):
-            self.metrics.ejections.labels(model=route.name).inc()
+        done = await self.dispatcher.dispatch(
+            target.model,
+            target.namespace,
+            target.version,
+            sticky,
+            call,
+            unavailable=lambda f: f.status == 503,
+            failed=lambda f: f.status >= 500,
+        )
+        return done.result, done.route, done.version
 
     async def _forward(
         self, endpoint: Endpoint, path: str, method: str, scope: Scope, body: bytes
@@ -339,7 +232,7 @@ class Router:
     ) -> None:
         shadow = route.shadow
         assert shadow is not None
-        if self.rng.randrange(100) >= shadow.weight:
+        if self.dispatcher.rng.randrange(100) >= shadow.weight:
             return
         task = asyncio.get_running_loop().create_task(
             self._shadow(route, shadow, target, method, scope, body, primary)
@@ -357,12 +250,16 @@ class Router:
         body: bytes,
         primary: Forwarded,
     ) -> None:
-        endpoint = pick_endpoint(route.endpoints.get(shadow.version, []), self.rng, time.monotonic())
+        endpoint = pick_endpoint(
+            route.endpoints.get(shadow.version, []), self.dispatcher.rng, time.monotonic()
+        )
         if endpoint is None:
             self.metrics.shadow.labels(model=route.name, result="error").inc()
             return
         try:
-            copy = await self._forward(endpoint, target.backend_path(shadow.version), method, scope, body)
+            copy = await self._forward(
+                endpoint, target.backend_path(shadow.version, route.backend_model), method, scope, body
+            )
         except (aiohttp.ClientError, TimeoutError):
             self.metrics.shadow.labels(model=route.name, result="error").inc()
             return
@@ -381,7 +278,7 @@ class Router:
 
     def _index(self) -> list[dict[str, Any]]:
         listing = []
-        for key, route in sorted(self.table.routes.items()):
+        for key, route in sorted(self.dispatcher.table.routes.items()):
             listing.append(
                 {
                     "name": route.name,

@@ -24,13 +24,18 @@ class RoutesError(ValueError):
 
 @dataclass
 class ModelRoute:
-    """How to reach one model: versions with weights, their endpoints, and an optional shadow."""
+    """How to reach one model: versions with weights, their endpoints, and an optional shadow.
+
+    ``name`` is the table key: ``namespace/deployment`` from Kubernetes discovery, the bare model
+    name from static routes.
+    """
 
     name: str
     backends: list[Backend]
     endpoints: dict[str, list[Endpoint]]  # version → ready endpoints
     shadow: Backend | None = None  # weight = percent of requests copied
     scaled_to_zero: bool = False  # no endpoints on purpose: buffer and activate, don't 404
+    backend_model: str | None = None  # the runtime's name for the model, when it differs from `name`
 
     def ready(self) -> bool:
         return any(self.endpoints.get(b.version) for b in self.backends if b.weight > 0)

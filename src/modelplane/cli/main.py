@@ -51,9 +51,10 @@ def up() -> None:
     raise typer.Exit(code=2)
 
 
-from modelplane.cli import crds  # noqa: E402  (subcommand modules attach to `app`)
+from modelplane.cli import crds, router  # noqa: E402  (subcommand modules attach to `app`)
 
 app.add_typer(crds.app, name="crds")
+app.command(name="router")(router.router)
 
 
 def main() -> None:

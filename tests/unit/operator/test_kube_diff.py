@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from modelplane.operator.kube import needs_apply
+from modelplane.kube import needs_apply
 from modelplane.operator.reconcile import unschedulable_messages
 
 DESIRED = {

@@ -44,7 +44,8 @@ def test_malformed_paths_are_not_routed(path: str) -> None:
 def test_backend_path_pins_the_chosen_version_and_keys_try_namespace_first() -> None:
     target = Target(None, "iris", None, "/infer")
     assert target.backend_path("4") == "/v2/models/iris/versions/4/infer"
-    assert route_keys(target, "default") == ["default/iris", "iris"]
+    assert route_keys(target.model, None, "default") == ["default/iris", "iris"]
+    assert route_keys("iris", "team-a", "default")[0] == "team-a/iris"
 
 
 def _json_answer(values: list[float]) -> tuple[bytes, list[tuple[bytes, bytes]]]:

@@ -1,6 +1,6 @@
-"""A small async Kubernetes REST client for the operator: get, list, server-side apply, delete.
+"""A small async Kubernetes REST client: get, list, watch, server-side apply, delete.
 
-kopf watches and dispatches; the writes the operator makes go through here. Credentials come
+The operator's writes and the router's watches go through here (kopf does its own watching). Credentials come
 from the same places kubectl's do (the in-cluster service account, else ``$KUBECONFIG`` or
 ``~/.kube/config``) through the official client's config loader; the requests themselves are plain
 HTTP with httpx, so every call is visible and easy to reason about.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import ssl
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -29,6 +30,7 @@ RESOURCES: dict[tuple[str, str], tuple[str, str]] = {
     ("policy/v1", "PodDisruptionBudget"): ("/apis/policy/v1", "poddisruptionbudgets"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"): ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
     ("modelplane.io/v1alpha1", "ModelDeployment"): ("/apis/modelplane.io/v1alpha1", "modeldeployments"),
+    ("discovery.k8s.io/v1", "EndpointSlice"): ("/apis/discovery.k8s.io/v1", "endpointslices"),
 }
 
 
@@ -133,11 +135,67 @@ class KubeApi:
                 return None
             raise
 
-    async def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[Manifest]:
+    async def list_objects(
+        self, api_version: str, kind: str, namespace: str, label_selector: str
+    ) -> list[Manifest]:
         path = resource_path(api_version, kind, namespace)
         body = await self._request("GET", path, params={"labelSelector": label_selector})
         items: list[Manifest] = body.get("items", [])
         return items
+
+    async def list_with_version(
+        self, api_version: str, kind: str, namespace: str | None, label_selector: str | None = None
+    ) -> tuple[list[Manifest], str]:
+        """All matching objects and the list's resourceVersion (to start a watch from)."""
+        params = {"labelSelector": label_selector} if label_selector else {}
+        body = await self._request("GET", resource_path(api_version, kind, namespace), params=params)
+        return body.get("items", []), str(body.get("metadata", {}).get("resourceVersion", ""))
+
+    async def watch(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        resource_version: str,
+        label_selector: str | None = None,
+        timeout_s: int = 300,
+    ) -> AsyncIterator[Manifest]:
+        """Watch events (``{"type": ..., "object": ...}``) from ``resource_version`` on.
+
+        The server closes the stream after ``timeout_s`` (a bounded watch never stalls silently);
+        the caller resumes from the last resourceVersion it saw, or re-lists on ``410 Gone``.
+        """
+        params = {
+            "watch": "1",
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout_s),
+        }
+        if label_selector:
+            params["labelSelector"] = label_selector
+        path = resource_path(api_version, kind, namespace)
+        try:
+            async with self._http.stream(
+                "GET", path, params=params, timeout=httpx.Timeout(timeout_s + 30.0, connect=10.0)
+            ) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise KubeError(response.status_code, f"watch {path}: {response.text}")
+                async for line in response.aiter_lines():
+                    if line:
+                        yield json.loads(line)
+        except httpx.HTTPError as exc:
+            raise KubeError(0, f"watch {path}: {exc}") from exc
+
+    async def patch_merge(
+        self, api_version: str, kind: str, namespace: str, name: str, patch: Manifest, subresource: str = ""
+    ) -> Manifest:
+        """JSON merge-patch an object (or one of its subresources, e.g. ``scale``)."""
+        self.writes += 1
+        path = resource_path(api_version, kind, namespace, name) + (f"/{subresource}" if subresource else "")
+        return await self._request(
+            "PATCH", path, content=json.dumps(patch), headers={"Content-Type": "application/merge-patch+json"}
+        )
 
     async def apply(self, manifest: Manifest) -> Manifest:
         """Server-side apply ``manifest`` as this field manager, taking over conflicting fields."""

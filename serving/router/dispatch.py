@@ -1,0 +1,164 @@
+"""Protocol-independent request dispatch, shared by the HTTP and gRPC front ends.
+
+Given the model a request is for, :meth:`Dispatcher.dispatch` finds its route, waits for
+activation when the model is scaled to zero, picks the version and an endpoint, calls the
+front end's ``call`` on it, and retries on another endpoint when the call fails to connect or
+the answer says "unavailable", within the retry budget. Failures come back as
+:class:`RequestError` with an HTTP-style status that each front end maps to its own codes.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from modelplane.serving.router.activation import ActivationQueue, ActivationTimeoutError, QueueFullError
+from modelplane.serving.router.balancing import (
+    EjectionPolicy,
+    Endpoint,
+    RetryBudget,
+    pick_backend,
+    pick_endpoint,
+    record_result,
+)
+from modelplane.serving.router.metrics import RouterMetrics
+from modelplane.serving.router.paths import route_keys
+from modelplane.serving.router.routes import ModelRoute, RouteTable
+
+T = TypeVar("T")
+
+
+class RequestError(Exception):
+    """A request the router answers itself: an HTTP-style status and a message."""
+
+    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+
+class BackendUnavailableError(Exception):
+    """Raised by a front end's ``call`` when the endpoint could not be reached (retry elsewhere)."""
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    default_namespace: str = "default"
+    max_attempts: int = 3
+    retry_after_s: int = 5
+
+
+@dataclass
+class Dispatched(Generic[T]):
+    result: T
+    route: ModelRoute
+    version: str
+
+
+class Dispatcher:
+    """Routing state shared by the front ends: the table, the activation queue, budgets, metrics."""
+
+    def __init__(
+        self,
+        table: RouteTable,
+        activation: ActivationQueue,
+        metrics: RouterMetrics,
+        settings: DispatchSettings | None = None,
+        ejection: EjectionPolicy | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.table = table
+        self.activation = activation
+        self.metrics = metrics
+        self.settings = settings or DispatchSettings()
+        self.ejection = ejection or EjectionPolicy()
+        self.rng = rng or random.Random()
+        self.budget = RetryBudget()
+
+    def lookup(self, model: str, namespace: str | None) -> ModelRoute:
+        for key in route_keys(model, namespace, self.settings.default_namespace):
+            route = self.table.get(key)
+            if route is not None:
+                return route
+        raise RequestError(404, f"unknown model {model!r}")
+
+    async def dispatch(
+        self,
+        model: str,
+        namespace: str | None,
+        version: str | None,
+        sticky: str | None,
+        call: Callable[[ModelRoute, Endpoint, str], Awaitable[T]],
+        unavailable: Callable[[T], bool],
+        failed: Callable[[T], bool],
+    ) -> Dispatched[T]:
+        """Route one request: retry elsewhere when `unavailable(result)`; `failed` counts toward ejection."""
+        route = self.lookup(model, namespace)
+        if not route.ready():
+            if not route.scaled_to_zero:
+                raise RequestError(503, f"model {model!r} has no ready endpoint", self.settings.retry_after_s)
+            await self._await_activation(route)
+        chosen = version if version is not None else self._choose_version(route, sticky)
+        endpoints = route.endpoints.get(chosen, [])
+        if not endpoints:
+            raise RequestError(404, f"model {model!r} has no version {chosen!r}")
+        self.budget.deposit()
+        tried: set[str] = set()
+        last_error = "no endpoint"
+        for attempt in range(self.settings.max_attempts):
+            now = time.monotonic()
+            endpoint = pick_endpoint(endpoints, self.rng, now, frozenset(tried))
+            if endpoint is None:
+                break
+            if attempt > 0:
+                if not self.budget.try_withdraw(now):
+                    break
+                self.metrics.retries.labels(model=route.name).inc()
+            tried.add(endpoint.key)
+            endpoint.outstanding += 1
+            self.metrics.in_flight.labels(model=route.name).inc()
+            try:
+                result = await call(route, endpoint, chosen)
+            except BackendUnavailableError as exc:
+                last_error = f"{endpoint.key}: {exc}"
+                self._record(route, endpoint, False, endpoints)
+                continue
+            finally:
+                endpoint.outstanding -= 1
+                self.metrics.in_flight.labels(model=route.name).dec()
+            self._record(route, endpoint, not failed(result), endpoints)
+            if unavailable(result) and attempt + 1 < self.settings.max_attempts:
+                last_error = f"{endpoint.key} is unavailable"
+                continue
+            return Dispatched(result, route, chosen)
+        raise RequestError(
+            502, f"model {model!r}: no endpoint answered ({last_error})", self.settings.retry_after_s
+        )
+
+    def _record(self, route: ModelRoute, endpoint: Endpoint, ok: bool, endpoints: list[Endpoint]) -> None:
+        if record_result(endpoint, ok, time.monotonic(), endpoints, self.ejection):
+            self.metrics.ejections.labels(model=route.name).inc()
+
+    async def _await_activation(self, route: ModelRoute) -> None:
+        self.metrics.queued.labels(model=route.name).inc()
+        try:
+            await self.activation.wait(route.name)
+        except QueueFullError as exc:
+            raise RequestError(429, str(exc), self.settings.retry_after_s) from None
+        except ActivationTimeoutError as exc:
+            raise RequestError(503, str(exc), self.settings.retry_after_s) from None
+        finally:
+            self.metrics.queued.labels(model=route.name).dec()
+
+    def _choose_version(self, route: ModelRoute, sticky: str | None) -> str:
+        live = [b for b in route.backends if route.endpoints.get(b.version)]
+        backend = pick_backend(live, self.rng, sticky)
+        if backend is None:
+            raise RequestError(
+                503, f"model {route.name!r} has no version taking traffic", self.settings.retry_after_s
+            )
+        return backend.version
