@@ -20,6 +20,8 @@ from prometheus_client import Counter, Histogram
 
 from modelplane.kube import KubeError
 from modelplane.operator.api import v1alpha1 as api
+from modelplane.operator.autoscaler.loop import Autoscaler, Stopped
+from modelplane.operator.autoscaler.metrics import LoadCache
 from modelplane.operator.children import DEPLOYMENT_LABEL
 from modelplane.operator.reconcile import Outcome, Reconciler
 
@@ -92,10 +94,25 @@ def _log_failure(task: asyncio.Task[Outcome]) -> None:
         log.warning("reconcile after a child event failed: %s", exc)
 
 
-def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> Coalescer:
-    """Attach the handlers to ``registry``; returns the coalescer (tests use it directly)."""
+def register(
+    registry: kopf.OperatorRegistry, reconciler: Reconciler, loads: LoadCache | None = None
+) -> Coalescer:
+    """Attach the handlers to ``registry``; returns the coalescer (tests use it directly).
+
+    With ``loads`` (the routers' metrics), every ModelDeployment also gets an autoscaling daemon.
+    """
     coalescer = Coalescer(reconciler.reconcile)
     resource = (api.GROUP, api.VERSION, api.PLURAL)
+
+    if loads is not None:
+        cache = loads
+
+        async def autoscale(namespace: str | None, name: str | None, stopped: Stopped, **_: Any) -> None:
+            assert namespace is not None
+            assert name is not None
+            await Autoscaler(namespace, name, reconciler.kube, cache).run(stopped)
+
+        kopf.daemon(*resource, registry=registry, cancellation_timeout=5.0)(autoscale)
 
     async def on_change(namespace: str | None, name: str | None, **_: Any) -> None:
         assert namespace is not None

@@ -11,6 +11,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from modelplane.kube import KubeApi, load_connection
+from modelplane.operator.autoscaler.metrics import LoadCache
 from modelplane.operator.children import FIELD_MANAGER, OperatorSettings
 from modelplane.operator.handlers import register
 from modelplane.operator.reconcile import Reconciler
@@ -28,6 +29,7 @@ class RunOptions:
     health_host: str = "0.0.0.0"  # noqa: S104 (probes come from the kubelet)
     health_port: int = 8080
     metrics_port: int | None = 9090
+    router_metrics_urls: tuple[str, ...] = ()  # the routers' /metrics: the autoscaler's signal
     settings: OperatorSettings = field(default_factory=OperatorSettings)
 
 
@@ -53,7 +55,9 @@ async def run(options: RunOptions, resolver: Resolver, stop: threading.Event | N
         start_http_server(options.metrics_port)
     kube = KubeApi(load_connection(), field_manager=FIELD_MANAGER)
     registry = kopf.OperatorRegistry()
-    register(registry, Reconciler(kube, resolver, options.settings))
+    loads = LoadCache(list(options.router_metrics_urls)) if options.router_metrics_urls else None
+    register(registry, Reconciler(kube, resolver, options.settings), loads)
+    scraper = asyncio.create_task(loads.run()) if loads is not None else None
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: object) -> None:
@@ -68,6 +72,8 @@ async def run(options: RunOptions, resolver: Resolver, stop: threading.Event | N
             stop_flag=stop,
         )
     finally:
+        if scraper is not None:
+            scraper.cancel()
         await kube.close()
 
 

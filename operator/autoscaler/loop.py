@@ -1,0 +1,173 @@
+"""The autoscaling loop of one ModelDeployment: gather inputs, call ``decide``, write the scale.
+
+It runs as a kopf daemon per ModelDeployment with ``autoscaling.mode: builtin``. Each step reads
+the object, the routers' load for it (from the shared :class:`LoadCache`) and its pods, asks the
+pure :func:`decide` for the replicas, and writes them through the scale subresource, with an Event
+and the decision in ``status.autoscaler``. Without fresh metrics it does nothing: a scrape outage
+must never look like "no traffic" and scale a busy model to zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from modelplane.kube import KubeApi, Manifest
+from modelplane.operator.api import v1alpha1 as api
+from modelplane.operator.autoscaler.decide import Decision, Inputs, Sample, Settings, State, decide
+from modelplane.operator.autoscaler.metrics import LoadCache
+from modelplane.operator.children import DEPLOYMENT_LABEL, ROLE_LABEL
+from modelplane.operator.status.conditions import now_rfc3339
+
+log = logging.getLogger("modelplane.autoscaler")
+
+STEP_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class PodCounts:
+    ready: int = 0
+    starting: int = 0
+    unschedulable: int = 0
+
+
+def count_pods(pods: list[Manifest]) -> PodCounts:
+    """Classify the stable pods: ready, still starting, or waiting for a node (not capacity)."""
+    ready = starting = unschedulable = 0
+    for pod in pods:
+        if pod.get("metadata", {}).get("deletionTimestamp"):
+            continue
+        conditions = {c.get("type"): c for c in pod.get("status", {}).get("conditions", [])}
+        scheduled = conditions.get("PodScheduled", {})
+        if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+            unschedulable += 1
+        elif conditions.get("Ready", {}).get("status") == "True":
+            ready += 1
+        else:
+            starting += 1
+    return PodCounts(ready, starting, unschedulable)
+
+
+@dataclass
+class Autoscaler:
+    """State of one deployment's loop (kept in memory; a restart starts a fresh window)."""
+
+    namespace: str
+    name: str
+    kube: KubeApi
+    loads: LoadCache
+    state: State = field(default_factory=State)
+    samples: deque[Sample] = field(default_factory=deque)
+
+    async def step(self, now: float) -> Decision | None:
+        body = await self.kube.get(api.API_VERSION, api.KIND, self.namespace, self.name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        try:
+            spec = api.ModelDeploymentSpec.model_validate(body.get("spec") or {})
+        except ValidationError:
+            return None
+        if spec.autoscaling.mode != "builtin" or not self.loads.fresh(now):
+            return None
+        settings = Settings.from_spec(spec.autoscaling)
+        load = self.loads.loads.get(f"{self.namespace}/{self.name}")
+        concurrency = load.concurrency if load else 0.0
+        self.samples.append(Sample(now, concurrency))
+        while self.samples and now - self.samples[0].time >= settings.stable_window:
+            self.samples.popleft()
+        pods = await self.kube.list_objects(
+            "v1", "Pod", self.namespace, f"{DEPLOYMENT_LABEL}={self.name},{ROLE_LABEL}=stable"
+        )
+        counts = count_pods(pods)
+        current = spec.replicas if spec.replicas is not None else spec.autoscaling.min_replicas
+        inputs = Inputs(
+            now=now,
+            samples=tuple(self.samples),
+            current_replicas=current,
+            ready_pods=counts.ready,
+            starting_pods=counts.starting,
+            unschedulable_pods=counts.unschedulable,
+            activation_requested=bool(load and load.queued > 0 and current == 0),
+        )
+        decision, self.state = decide(settings, self.state, inputs)
+        await self._write(body, current, decision)
+        return decision
+
+    async def _write(self, body: Manifest, current: int, decision: Decision) -> None:
+        status: dict[str, Any] = (body.get("status") or {}).get("autoscaler") or {}
+        report = {
+            "desiredReplicas": decision.desired,
+            "metric": "concurrency",
+            "observedConcurrency": round(decision.stable_concurrency, 2),
+        }
+        if decision.desired != current:
+            await self.kube.patch_merge(
+                api.API_VERSION,
+                api.KIND,
+                self.namespace,
+                self.name,
+                {"spec": {"replicas": decision.desired}},
+                subresource="scale",
+            )
+            report |= {"lastScaleTime": now_rfc3339(), "lastScaleReason": decision.reason}
+            await self._event(body, current, decision)
+            log.info(
+                "%s/%s: %d -> %d (%s)", self.namespace, self.name, current, decision.desired, decision.reason
+            )
+        if any(status.get(k) != v for k, v in report.items()):
+            await self.kube.patch_status(
+                api.API_VERSION, api.KIND, self.namespace, self.name, {"autoscaler": {**status, **report}}
+            )
+
+    async def _event(self, body: Manifest, current: int, decision: Decision) -> None:
+        meta = body["metadata"]
+        now = now_rfc3339()
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": api.API_VERSION,
+                "kind": api.KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": "Normal",
+            "reason": "Scaled",
+            "message": f"replicas {current} -> {decision.desired}: {decision.reason}"[:1024],
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "source": {"component": "modelplane-autoscaler"},
+        }
+        try:
+            await self.kube.create_event(meta["namespace"], event)
+        except Exception:
+            log.warning("could not post the Scaled event for %s/%s", self.namespace, self.name, exc_info=True)
+
+    async def run(self, stopped: Stopped) -> None:
+        """Step every couple of seconds until the daemon is stopped; errors are logged and retried."""
+        while not stopped.is_set():
+            try:
+                await self.step(time.monotonic())
+            except Exception:
+                log.warning("autoscaling %s/%s failed this step", self.namespace, self.name, exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopped.wait(), timeout=STEP_SECONDS)
+
+
+class Stopped(Protocol):
+    """What a kopf daemon's ``stopped`` flag offers (an asyncio.Event does too)."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self) -> Awaitable[Any]: ...
