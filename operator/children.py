@@ -366,6 +366,44 @@ def pod_disruption_budget(owner: Owner, settings: OperatorSettings) -> Manifest:
     }
 
 
+RUNTIME_IN_FLIGHT_METRIC = "modelplane_runtime_inflight_requests"
+
+
+def horizontal_pod_autoscaler(
+    owner: Owner, spec: api.ModelDeploymentSpec, settings: OperatorSettings
+) -> Manifest:
+    """For ``autoscaling.mode: hpa``: an HPA that scales the ModelDeployment itself (its scale
+    subresource) on the runtimes' in-flight requests per pod, served by a metrics adapter such as
+    Prometheus Adapter or KEDA. The HPA cannot go below one replica without the HPAScaleToZero
+    feature gate, so a ``minReplicas`` of 0 becomes 1 here; use ``builtin`` to scale to zero."""
+    bounds = spec.autoscaling
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(owner, owner.name, common_labels(owner, settings)),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": api.API_VERSION, "kind": api.KIND, "name": owner.name},
+            "minReplicas": max(1, bounds.min_replicas),
+            "maxReplicas": bounds.max_replicas,
+            "metrics": [
+                {
+                    "type": "Pods",
+                    "pods": {
+                        "metric": {"name": RUNTIME_IN_FLIGHT_METRIC},
+                        "target": {"type": "AverageValue", "averageValue": f"{bounds.target_concurrency:g}"},
+                    },
+                }
+            ],
+            "behavior": {
+                "scaleDown": {
+                    "stabilizationWindowSeconds": bounds.scale_down_delay_seconds
+                    + bounds.stable_window_seconds,
+                },
+            },
+        },
+    }
+
+
 def service_url(owner: Owner, settings: OperatorSettings) -> str:
     """The in-cluster V2 HTTP base URL of the deployment's Service."""
     return f"http://{owner.name}.{owner.namespace}.svc.{settings.cluster_domain}:{HTTP_PORT}"
@@ -385,6 +423,8 @@ def desired_children(
     children = [deployment(owner, spec, stable, settings)]
     children += [deployment(owner, spec, served, settings) for served in others or []]
     children += [service(owner, settings), pod_disruption_budget(owner, settings)]
+    if spec.autoscaling.mode == "hpa":
+        children.append(horizontal_pod_autoscaler(owner, spec, settings))
     return children
 
 

@@ -40,6 +40,9 @@ from modelplane.operator.status.readiness import (
 
 log = logging.getLogger("modelplane.operator")
 
+# Kinds whose objects come and go with the spec (the Service and PDB always exist).
+PRUNABLE = (("apps/v1", "Deployment"), ("autoscaling/v2", "HorizontalPodAutoscaler"))
+
 
 @dataclass
 class Outcome:
@@ -136,17 +139,18 @@ class Reconciler:
             if live is None or needs_apply(child, live):
                 await self.kube.apply(child)
                 outcome.applied.append(f"{child['kind']}/{meta['name']}")
-        # Prune Deployments of roles no longer wanted (a canary or shadow that was removed).
-        wanted = {c["metadata"]["name"] for c in desired if c["kind"] == "Deployment"}
-        existing = await self.kube.list_objects(
-            "apps/v1", "Deployment", owner.namespace, f"{DEPLOYMENT_LABEL}={owner.name}"
-        )
-        for item in existing:
-            name = item["metadata"]["name"]
-            owned = any(ref.get("uid") == owner.uid for ref in item["metadata"].get("ownerReferences", []))
-            if owned and name not in wanted:
-                await self.kube.delete("apps/v1", "Deployment", owner.namespace, name)
-                outcome.deleted.append(f"Deployment/{name}")
+        # Prune children no longer wanted: a removed canary or shadow, an HPA after a mode change.
+        for api_version, kind in PRUNABLE:
+            wanted = {c["metadata"]["name"] for c in desired if c["kind"] == kind}
+            selector = f"{DEPLOYMENT_LABEL}={owner.name}"
+            for item in await self.kube.list_objects(api_version, kind, owner.namespace, selector):
+                name = item["metadata"]["name"]
+                owned = any(
+                    ref.get("uid") == owner.uid for ref in item["metadata"].get("ownerReferences", [])
+                )
+                if owned and name not in wanted:
+                    await self.kube.delete(api_version, kind, owner.namespace, name)
+                    outcome.deleted.append(f"{kind}/{name}")
 
     async def reconcile(self, namespace: str, name: str) -> Outcome:
         outcome = Outcome()

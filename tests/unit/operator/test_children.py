@@ -201,3 +201,20 @@ def test_replica_counts_follow_spec_replicas_or_min_and_canary_at_least_one() ->
         == 0
     )
     assert replicas_for(spec(replicas=3, traffic={"canary": {"version": 4, "percent": 0}}), "canary") == 0
+
+
+def test_hpa_mode_renders_an_hpa_on_the_scale_subresource_and_other_modes_do_not() -> None:
+    hpa_spec = spec(autoscaling={"mode": "hpa", "minReplicas": 0, "maxReplicas": 6, "targetConcurrency": 3})
+    hpas = by_kind(desired_children(OWNER, hpa_spec, STABLE, None, SETTINGS))["HorizontalPodAutoscaler"]
+    assert len(hpas) == 1
+    hpa = hpas[0]["spec"]
+    assert hpa["scaleTargetRef"] == {
+        "apiVersion": "modelplane.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "name": "iris",
+    }
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (1, 6)
+    assert hpa["metrics"][0]["pods"]["target"] == {"type": "AverageValue", "averageValue": "3"}
+    for mode in ("builtin", "none"):
+        kinds = by_kind(desired_children(OWNER, spec(autoscaling={"mode": mode}), STABLE, None, SETTINGS))
+        assert "HorizontalPodAutoscaler" not in kinds
