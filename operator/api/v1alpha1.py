@@ -189,12 +189,20 @@ class Toleration(ApiModel):
 class SchedulingSpec(ApiModel):
     """Where the pods may run, beyond what the GPU request implies."""
 
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pods require.")
+    tolerations: list[Toleration] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Extra tolerations (the `nvidia.com/gpu` taint is tolerated whenever GPUs are requested).",
+    )
     affinity: FreeFormObject | None = Field(
         default=None, description="A Kubernetes Affinity, merged with the GPU-type preference."
     )
-    priority_class_name: str | None = Field(default=None, max_length=253)
+    priority_class_name: str | None = Field(
+        default=None,
+        max_length=253,
+        description="PriorityClass of the pods (preemption order under pressure).",
+    )
 
 
 class AutoscalingSpec(ApiModel):
@@ -205,22 +213,40 @@ class AutoscalingSpec(ApiModel):
         description="`builtin`: Modelplane's concurrency autoscaler. `hpa`: render a "
         "HorizontalPodAutoscaler. `none`: replicas only change through `spec.replicas` / `kubectl scale`.",
     )
-    min_replicas: int = Field(default=1, ge=0, le=1000)
-    max_replicas: int = Field(default=4, ge=1, le=1000)
+    min_replicas: int = Field(
+        default=1, ge=0, le=1000, description="Fewest replicas; 0 allows scale to zero."
+    )
+    max_replicas: int = Field(default=4, ge=1, le=1000, description="Most replicas.")
     target_concurrency: float = Field(
         default=4.0, gt=0, le=10000, description="In-flight requests per replica."
     )
-    stable_window_seconds: int = Field(default=60, ge=6, le=3600)
-    panic_window_seconds: int = Field(default=6, ge=1, le=600)
-    panic_threshold_percent: int = Field(default=200, ge=110, le=1000)
+    stable_window_seconds: int = Field(
+        default=60, ge=6, le=3600, description="Averaging window for steady load."
+    )
+    panic_window_seconds: int = Field(
+        default=6, ge=1, le=600, description="Short window that reacts to bursts (panic mode)."
+    )
+    panic_threshold_percent: int = Field(
+        default=200,
+        ge=110,
+        le=1000,
+        description="Burst demand, in % of ready capacity, that starts panic mode.",
+    )
     max_scale_up_rate: float = Field(
         default=10.0, gt=1, le=1000, description="At most this factor up per step."
     )
     max_scale_down_rate: float = Field(
         default=2.0, gt=1, le=1000, description="At most this factor down per step."
     )
-    scale_down_delay_seconds: int = Field(default=30, ge=0, le=3600)
-    scale_to_zero_grace_period_seconds: int = Field(default=30, ge=0, le=3600)
+    scale_down_delay_seconds: int = Field(
+        default=30,
+        ge=0,
+        le=3600,
+        description="A lower recommendation must hold this long before scaling down.",
+    )
+    scale_to_zero_grace_period_seconds: int = Field(
+        default=30, ge=0, le=3600, description="Time without any traffic before the last replica goes."
+    )
 
     rules = (
         Rule(
@@ -239,7 +265,7 @@ class AutoscalingSpec(ApiModel):
 class BatchingSpec(ApiModel):
     """Dynamic batching in the runtime."""
 
-    max_batch_size: int = Field(default=32, ge=1, le=4096)
+    max_batch_size: int = Field(default=32, ge=1, le=4096, description="Largest batch the runtime assembles.")
     max_latency_ms: float = Field(
         default=5.0, ge=0, le=10000, description="Longest a request waits for a batch."
     )

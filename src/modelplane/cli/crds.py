@@ -18,16 +18,24 @@ def generate(
     output_dir: Annotated[
         Path, typer.Option("--output-dir", "-o", help="Folder to write the CRD files into.")
     ] = Path("crds"),
+    reference: Annotated[
+        Path,
+        typer.Option(
+            "--reference", help="Where to write the generated ModelDeployment reference (Markdown)."
+        ),
+    ] = Path("docs/reference/modeldeployment.md"),
     check: Annotated[
         bool, typer.Option("--check", help="Write nothing; exit 1 and show a diff if the files are stale.")
     ] = False,
 ) -> None:
-    """Write the ModelDeployment CRD generated from the pydantic types (or check it is current)."""
+    """Write the ModelDeployment CRD and its reference page, generated from the pydantic types."""
     from modelplane.operator.api.crd import render
+    from modelplane.operator.api.reference import render_reference
 
+    outputs = {output_dir / name: text for name, text in render().items()}
+    outputs[reference] = render_reference()
     stale = False
-    for name, text in render().items():
-        path = output_dir / name
+    for path, text in outputs.items():
         current = path.read_text() if path.exists() else ""
         if current == text:
             console.print(f"[green]up to date[/] {path}")
@@ -40,7 +48,7 @@ def generate(
             console.print(f"[red]stale[/] {path}:", highlight=False)
             console.out("".join(diff), highlight=False)
             continue
-        output_dir.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         console.print(f"[bold]wrote[/] {path}")
     if stale:

@@ -12,16 +12,31 @@ import yaml
 
 from modelplane.operator.api import v1alpha1 as api
 from modelplane.operator.api.crd import custom_resource_definition, render
+from modelplane.operator.api.reference import render_reference
 from modelplane.operator.api.rules import Rule
 
 REPO = Path(__file__).resolve().parents[3]
 
 
-def test_committed_crds_match_the_types() -> None:
-    for name, text in render().items():
-        committed = REPO / "crds" / name
+def test_committed_crds_and_reference_match_the_types() -> None:
+    expected = {REPO / "crds" / name: text for name, text in render().items()}
+    expected[REPO / "docs/reference/modeldeployment.md"] = render_reference()
+    for committed, text in expected.items():
         assert committed.exists(), f"{committed} is missing: run `modelplane crds generate`"
         assert committed.read_text() == text, f"{committed} is stale: run `modelplane crds generate`"
+
+
+def test_reference_documents_every_spec_field_and_rule() -> None:
+    page = render_reference()
+    for field in (
+        "spec.model.alias",
+        "spec.resources.gpu.types",
+        "spec.autoscaling.minReplicas",
+        "spec.traffic.canary.percent",
+        "status.conditions[].lastTransitionTime",
+    ):
+        assert f"`{field}`" in page
+    assert "minReplicas must not exceed maxReplicas" in page
 
 
 def _walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
