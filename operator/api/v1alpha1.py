@@ -193,7 +193,7 @@ class SchedulingSpec(ApiModel):
     tolerations: list[Toleration] = Field(
         default_factory=list,
         max_length=32,
-        description="Extra tolerations (the `nvidia.com/gpu` taint is tolerated whenever GPUs are requested).",
+        description="Extra tolerations (the `nvidia.com/gpu` taint is tolerated when GPUs are asked for).",
     )
     affinity: FreeFormObject | None = Field(
         default=None, description="A Kubernetes Affinity, merged with the GPU-type preference."
