@@ -423,19 +423,7 @@ def _start(
         state,
     )
     report("starting node agent")
-    _spawn(
-        "node-agent",
-        [
-            sys.executable,
-            "-m",
-            "modelplane.devcluster.agent",
-            f"--state-dir={state.directory}",
-            f"--pod-network={POD_NETWORK}",
-            f"--kubelet-version={versions.KUBERNETES}",
-        ],
-        state,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    _spawn("node-agent", _agent_argv(state), state, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     if state.kwok_nodes:
         report(f"starting kwok with {state.kwok_nodes} fake GPU nodes")
         from modelplane.devcluster import kwok
@@ -455,6 +443,35 @@ def _start(
         api.close()
     state.save()
     report(f"dev cluster up: {len(state.node_specs)} nodes Ready in {time.monotonic() - start:.1f}s")
+
+
+def _agent_argv(state: ClusterState) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "modelplane.devcluster.agent",
+        f"--state-dir={state.directory}",
+        f"--pod-network={POD_NETWORK}",
+        f"--kubelet-version={versions.KUBERNETES}",
+    ]
+
+
+def restart_agent(directory: Path, hard: bool = False) -> int:
+    """Replace the node agent: SIGKILL it (``hard``: its pods' processes are orphaned, as after a
+    crash) or stop it, then start a new one, which must clean up after the old. Returns the new pid."""
+    state = ClusterState.load(directory)
+    if state is None:
+        raise ClusterError(f"no dev cluster in {directory}")
+    pid = state.pids["node-agent"]
+    if hard:
+        if _runs(pid, _markers()["node-agent"]):
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and pid_alive(pid):
+                time.sleep(0.05)
+    else:
+        stop_process(pid, _markers()["node-agent"], grace=20.0)
+    return _spawn("node-agent", _agent_argv(state), state, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def ready_nodes(api: Api) -> set[str]:
