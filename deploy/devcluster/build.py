@@ -7,10 +7,12 @@ binaries land in ``<cache>/bin/<component>-<version>/``. ``GOMODCACHE`` and ``GO
 built only when its recipe stamp (wrapper go.mod, ldflags, patches) matches, so a warm start never
 invokes Go at all.
 
-One source patch is applied to kube-apiserver, with Go's ``-overlay`` (the module cache is never
-edited): Kubernetes refuses loopback addresses in Endpoints/EndpointSlices, and the dev cluster's
-pod IPs are loopback addresses (``127.10.x.y``) so that all traffic stays on this machine. The patch
-drops exactly that one check; everything else is the released code.
+One source patch is applied to Kubernetes: it refuses loopback addresses in Endpoints and
+EndpointSlices, and the dev cluster's pod IPs are loopback addresses (``127.10.x.y``) so that all
+traffic stays on this machine. The patch drops exactly that one check; everything else is the
+released code. It is applied to a copy of the released module under ``<cache>/src/`` (never to the
+module cache, which Go keeps read-only and verified), and the wrapper module ``replace``s
+``k8s.io/kubernetes`` with that copy.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class BuildError(RuntimeError):
 
 @dataclass(frozen=True)
 class Patch:
-    """An exact text replacement in one file of an upstream module, applied with ``go build -overlay``."""
+    """An exact text replacement in one file of an upstream module (applied to a copy of it)."""
 
     module: str
     path: str
@@ -47,7 +49,6 @@ class Patch:
 class Binary:
     name: str
     package: str
-    patches: tuple[Patch, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,9 @@ class Component:
     go_mod: str
     binaries: tuple[Binary, ...]
     ldflags: tuple[str, ...] = ()
-    imports: tuple[str, ...] = field(default=())
+    module: str = ""
+    module_version: str = ""
+    patches: tuple[Patch, ...] = field(default=())
 
     @property
     def key(self) -> str:
@@ -72,7 +75,7 @@ class Component:
             self.go_mod,
             binary.package,
             *self.ldflags,
-            *(p.old + "\0" + p.new for p in binary.patches),
+            *(p.old + "\0" + p.new for p in self.patches),
         ):
             h.update(part.encode())
             h.update(b"\0")
@@ -136,7 +139,7 @@ def kubernetes_component(version: str = versions.KUBERNETES) -> Component:
         "go 1.24.0\n\n"
         "godebug default=go1.24\n\n"
         f"require k8s.io/kubernetes {version}\n\n"
-        f"replace (\n{replaces}\n)\n"
+        f"replace (\n\tk8s.io/kubernetes => ./patched\n{replaces}\n)\n"
     )
     major, minor = versions.major_minor(version)
     ldflags: list[str] = []
@@ -154,12 +157,15 @@ def kubernetes_component(version: str = versions.KUBERNETES) -> Component:
         version=version,
         go_mod=go_mod,
         binaries=(
-            Binary("kube-apiserver", cmd + "kube-apiserver", (LOOPBACK_ENDPOINTS,)),
+            Binary("kube-apiserver", cmd + "kube-apiserver"),
             Binary("kube-controller-manager", cmd + "kube-controller-manager"),
             Binary("kube-scheduler", cmd + "kube-scheduler"),
             Binary("kubectl", cmd + "kubectl"),
         ),
         ldflags=tuple(ldflags),
+        module="k8s.io/kubernetes",
+        module_version=version,
+        patches=(LOOPBACK_ENDPOINTS,),
     )
 
 
@@ -303,9 +309,44 @@ def apply_patch(text: str, patch: Patch) -> str:
     return text.replace(patch.old, patch.new)
 
 
+def _patched_copy(go: str, component: Component, src: Path, env: dict[str, str], report: Reporter) -> None:
+    """Copy the upstream module out of the module cache into ``src/patched`` and apply the patches."""
+    target = src / "patched"
+    stamp = src / ".patched"
+    digest = hashlib.sha256("".join(p.old + p.new for p in component.patches).encode()).hexdigest()
+    if target.is_dir() and stamp.is_file() and stamp.read_text() == digest:
+        return
+    report(f"downloading {component.module} {component.module_version} to patch it")
+    result = subprocess.run(
+        [go, "mod", "download", "-json", f"{component.module}@{component.module_version}"],
+        cwd=src,
+        env={**env, "GOFLAGS": ""},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise BuildError(
+            f"Downloading {component.module} {component.module_version} failed:\n{result.stderr}\n"
+            "Check that the Go module proxy is reachable (GOPROXY), then run `modelplane dev-cluster build`."
+        )
+    module_dir = Path(json.loads(result.stdout)["Dir"])
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(module_dir, target, ignore=shutil.ignore_patterns("*_test.go"))
+    for path in target.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    for patch in component.patches:
+        file = target / patch.path
+        file.write_text(apply_patch(file.read_text(), patch))
+    stamp.write_text(digest)
+
+
 def _prepare_module(go: str, component: Component, root: Path, env: dict[str, str], report: Reporter) -> Path:
     src = root / "src" / component.key
     src.mkdir(parents=True, exist_ok=True)
+    if component.patches:
+        _patched_copy(go, component, src, env, report)
     imports = "\n".join(f'\t_ "{b.package}"' for b in component.binaries)
     tools = f"//go:build tools\n\npackage tools\n\nimport (\n{imports}\n)\n"
     template_stamp = src / ".template"
@@ -319,30 +360,6 @@ def _prepare_module(go: str, component: Component, root: Path, env: dict[str, st
     _run([go, "mod", "tidy"], src, env, f"Resolving the Go modules of {component.key}", report)
     template_stamp.write_text(digest)
     return src
-
-
-def _overlay(go: str, src: Path, binary: Binary, env: dict[str, str]) -> Path | None:
-    if not binary.patches:
-        return None
-    replace: dict[str, str] = {}
-    overlay_dir = src / "overlay" / binary.name
-    overlay_dir.mkdir(parents=True, exist_ok=True)
-    for i, patch in enumerate(binary.patches):
-        module_dir = subprocess.run(
-            [go, "list", "-m", "-f", "{{.Dir}}", patch.module],
-            cwd=src,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        original = Path(module_dir) / patch.path
-        patched = overlay_dir / f"{i}-{original.name}"
-        patched.write_text(apply_patch(original.read_text(), patch))
-        replace[str(original)] = str(patched)
-    overlay = overlay_dir / "overlay.json"
-    overlay.write_text(json.dumps({"Replace": replace}, indent=2))
-    return overlay
 
 
 def build_binary(
@@ -366,9 +383,6 @@ def build_binary(
         "-o",
         str(tmp),
     ]
-    overlay = _overlay(go, src, binary, env)
-    if overlay is not None:
-        cmd.append(f"-overlay={overlay}")
     cmd.append(binary.package)
     _run(cmd, src, env, f"Building {binary.name} {component.version}", report)
     tmp.replace(out)

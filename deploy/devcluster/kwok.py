@@ -64,16 +64,17 @@ def node_object(index: int) -> dict[str, Any]:
     labels.pop(nodes.DEV_NODE_LABEL, None)
     labels["type"] = "kwok"
     body["metadata"]["annotations"] = {FAKE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"}
-    # kwok fills the status from here on its first stage.
-    body["status"] = {"capacity": nodes.capacity(spec), "allocatable": nodes.capacity(spec)}
     body["spec"]["taints"] = [{"key": FAKE_ANNOTATION, "value": "fake", "effect": "NoSchedule"}]
     return body
 
 
 def create_nodes(api: Api, count: int) -> None:
+    """Create the fake nodes and set their capacity (kwok's stages keep it and add the conditions)."""
     for i in range(count):
         try:
             api.post("/api/v1/nodes", node_object(i))
         except ApiError as exc:
             if exc.status != 409:
                 raise
+        cap = nodes.capacity(nodes.NodeSpec(name=node_name(i), gpus=KWOK_GPUS, product=KWOK_PRODUCT))
+        api.patch(f"/api/v1/nodes/{node_name(i)}/status", {"status": {"capacity": cap, "allocatable": cap}})
