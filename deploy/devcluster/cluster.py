@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -376,7 +377,7 @@ def _start(
         ],
         state,
     )
-    ca = str(pki.ca_cert)
+    ca = ssl.create_default_context(cafile=str(pki.ca_cert))
     _wait(
         "kube-apiserver /readyz",
         lambda: _http_ok(

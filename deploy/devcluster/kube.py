@@ -7,6 +7,7 @@ start and lets the agent use asyncio without threads.
 from __future__ import annotations
 
 import json
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,9 @@ class Credentials:
         user = next(u["user"] for u in config["users"] if u["name"] == context["user"])
         return cls(server=cluster["server"], token=user["token"], ca_file=cluster["certificate-authority"])
 
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.ca_file)
+
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
@@ -57,7 +61,7 @@ class Api:
     def __init__(self, creds: Credentials, timeout: float = 10.0) -> None:
         self.creds = creds
         self.client = httpx.Client(
-            base_url=creds.server, headers=creds.headers(), verify=creds.ca_file, timeout=timeout
+            base_url=creds.server, headers=creds.headers(), verify=creds.ssl_context(), timeout=timeout
         )
 
     def close(self) -> None:
@@ -85,7 +89,7 @@ class AsyncApi:
     def __init__(self, creds: Credentials, timeout: float = 10.0) -> None:
         self.creds = creds
         self.client = httpx.AsyncClient(
-            base_url=creds.server, headers=creds.headers(), verify=creds.ca_file, timeout=timeout
+            base_url=creds.server, headers=creds.headers(), verify=creds.ssl_context(), timeout=timeout
         )
 
     async def close(self) -> None:

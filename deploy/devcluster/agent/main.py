@@ -227,4 +227,5 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.state_dir = Path(args.state_dir).resolve()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     asyncio.run(run(args))
