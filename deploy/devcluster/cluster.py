@@ -36,12 +36,12 @@ from typing import Any
 import httpx
 
 from modelplane.devcluster import build, certs, nodes, versions
+from modelplane.devcluster.agent import ipam
 from modelplane.devcluster.kube import Api, ApiError, Credentials
 
 STATE_ENV = "MODELPLANE_DEV_CLUSTER_DIR"
 DEFAULT_STATE = Path(".modelplane") / "dev-cluster"
 SERVICE_CIDR = "10.0.0.0/24"
-POD_NETWORK = "127.10.0.0/16"
 # Order matters: started in this order, stopped in reverse.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "node-agent", "kwok")
 
@@ -71,6 +71,7 @@ class ClusterState:
     node_specs: list[nodes.NodeSpec] = field(default_factory=list)
     kwok_nodes: int = 0
     started_at: float = 0.0
+    pod_network: str = ""
 
     @property
     def server(self) -> str:
@@ -92,6 +93,7 @@ class ClusterState:
             "nodes": [s.to_dict() for s in self.node_specs],
             "kwok_nodes": self.kwok_nodes,
             "started_at": self.started_at,
+            "pod_network": self.pod_network,
         }
         tmp = self.directory / "cluster.json.tmp"
         tmp.write_text(json.dumps(data, indent=2))
@@ -111,6 +113,7 @@ class ClusterState:
             node_specs=[nodes.NodeSpec.from_dict(d) for d in data["nodes"]],
             kwok_nodes=int(data.get("kwok_nodes", 0)),
             started_at=float(data.get("started_at", 0.0)),
+            pod_network=str(data.get("pod_network", "")),
         )
 
 
@@ -190,7 +193,13 @@ def _markers() -> dict[str, str]:
     }
 
 
-def _spawn(name: str, argv: list[str], state: ClusterState, env: dict[str, str] | None = None) -> int:
+def _spawn(
+    name: str,
+    argv: list[str],
+    state: ClusterState,
+    env: dict[str, str] | None = None,
+    pass_fds: tuple[int, ...] = (),
+) -> int:
     state.logs.mkdir(parents=True, exist_ok=True)
     log = (state.logs / f"{name}.log").open("ab")
     try:
@@ -202,6 +211,7 @@ def _spawn(name: str, argv: list[str], state: ClusterState, env: dict[str, str] 
             start_new_session=True,
             cwd=state.directory,
             env=env,
+            pass_fds=pass_fds,
         )
     finally:
         log.close()
@@ -424,7 +434,7 @@ def _start(
         state,
     )
     report("starting node agent")
-    _spawn("node-agent", _agent_argv(state), state, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    _spawn_agent(state)
     if state.kwok_nodes:
         report(f"starting kwok with {state.kwok_nodes} fake GPU nodes")
         from modelplane.devcluster import kwok
@@ -446,15 +456,22 @@ def _start(
     report(f"dev cluster up: {len(state.node_specs)} nodes Ready in {time.monotonic() - start:.1f}s")
 
 
-def _agent_argv(state: ClusterState) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "modelplane.devcluster.agent",
-        f"--state-dir={state.directory}",
-        f"--pod-network={POD_NETWORK}",
-        f"--kubelet-version={versions.KUBERNETES}",
-    ]
+def _spawn_agent(state: ClusterState) -> int:
+    """Start the node agent holding the claim on this cluster's pod network (see ``ipam.claim``)."""
+    network, fd = ipam.claim(state.pod_network or None)
+    try:
+        state.pod_network = network
+        argv = [
+            sys.executable,
+            "-m",
+            "modelplane.devcluster.agent",
+            f"--state-dir={state.directory}",
+            f"--pod-network={network}",
+            f"--kubelet-version={versions.KUBERNETES}",
+        ]
+        return _spawn("node-agent", argv, state, env={**os.environ, "PYTHONUNBUFFERED": "1"}, pass_fds=(fd,))
+    finally:
+        os.close(fd)
 
 
 def restart_agent(directory: Path, hard: bool = False) -> int:
@@ -472,7 +489,7 @@ def restart_agent(directory: Path, hard: bool = False) -> int:
                 time.sleep(0.05)
     else:
         stop_process(pid, _markers()["node-agent"], grace=20.0)
-    return _spawn("node-agent", _agent_argv(state), state, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return _spawn_agent(state)
 
 
 def ready_nodes(api: Api) -> set[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 
 import pytest
 
@@ -180,3 +181,20 @@ def test_probe_ports_resolve_by_name() -> None:
     assert probes.resolve_port(9000, container) == 9000
     with pytest.raises(ValueError, match="grpc"):
         probes.resolve_port("grpc", container)
+
+
+def test_clusters_on_one_machine_claim_distinct_pod_networks() -> None:
+    first, fd1 = ipam.claim()
+    try:
+        second, fd2 = ipam.claim()
+        try:
+            assert first != second
+            assert ipam.check_network(first)
+            assert ipam.check_network(second)
+        finally:
+            os.close(fd2)
+        again, fd3 = ipam.claim(preferred=second)
+        os.close(fd3)
+        assert again == second  # released with its holder's file descriptor
+    finally:
+        os.close(fd1)

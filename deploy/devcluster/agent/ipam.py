@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
+import os
+import tempfile
 from collections.abc import Iterable
+from pathlib import Path
 
 LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
 
@@ -44,3 +48,44 @@ def contains(network: ipaddress.IPv4Network, ip: str) -> bool:
         return ipaddress.IPv4Address(ip) in network
     except ValueError:
         return False
+
+
+POOL = ipaddress.IPv4Network("127.10.0.0/16")
+SUBNET_PREFIX = 22
+
+
+def candidate_networks(pool: ipaddress.IPv4Network = POOL, prefix: int = SUBNET_PREFIX) -> list[str]:
+    """The per-cluster pod networks (1022 pods each) that clusters on one machine choose among."""
+    return [str(n) for n in pool.subnets(new_prefix=prefix)]
+
+
+def lock_dir() -> Path:
+    return Path(tempfile.gettempdir()) / f"modelplane-pod-networks-{os.getuid()}"
+
+
+def claim(preferred: str | None = None) -> tuple[str, int]:
+    """Claim a pod network no other dev cluster on this machine uses: ``(network, lock fd)``.
+
+    The claim is an exclusive ``flock`` on a file per network. Whoever holds the returned file
+    descriptor (the node agent inherits it) holds the claim; it ends when that process exits, so a
+    crashed cluster never leaks its network. ``preferred`` (a restarted agent's network) is tried
+    first.
+    """
+    directory = lock_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    candidates = candidate_networks()
+    if preferred:
+        candidates = [preferred, *[c for c in candidates if c != preferred]]
+    for network in candidates:
+        path = directory / (network.replace("/", "_") + ".lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        return network, fd
+    raise NetworkError(
+        f"all {len(candidates)} pod networks in {POOL} are claimed by running dev clusters; stop one "
+        "(`modelplane dev-cluster down`)"
+    )
