@@ -193,7 +193,14 @@ def test_crashing_container_is_restarted_with_a_rising_restart_count(
 
     status = wait_for("two restarts", restarts, timeout=90)
     assert status["lastState"]["terminated"]["exitCode"] == 3
-    assert status["ready"] is False
+    assert status["lastState"]["terminated"]["reason"] == "Error"
+
+    # Between runs the container waits out its back-off, as a kubelet reports it.
+    def backing_off() -> bool:
+        state = cluster.get_json("pod", "crasher", "-n", namespace)["status"]["containerStatuses"][0]["state"]
+        return bool(state.get("waiting", {}).get("reason") == "CrashLoopBackOff")
+
+    wait_for("CrashLoopBackOff", backing_off, timeout=60)
 
 
 _FLIP_SERVER = """
