@@ -453,7 +453,8 @@ def _start(
     finally:
         api.close()
     state.save()
-    report(f"dev cluster up: {len(state.node_specs)} nodes Ready in {time.monotonic() - start:.1f}s")
+    total = len(state.node_specs) + state.kwok_nodes
+    report(f"dev cluster up: {total} nodes Ready in {time.monotonic() - start:.1f}s")
 
 
 def _spawn_agent(state: ClusterState) -> int:

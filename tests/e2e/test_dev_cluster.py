@@ -343,6 +343,54 @@ def test_pod_env_has_downward_api_gpus_and_volumes(cluster: Cluster, namespace: 
     assert json.loads(dumped["MODELPLANE_MOUNTS"])["/cache"] == str(cache)
 
 
+def test_init_containers_run_in_order_before_the_main_container(
+    cluster: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    _local(cluster)
+    out = tmp_path / "seen"
+    append = "import os, sys; open(os.environ['MODELPLANE_VOLUME_WORK'] + '/log', 'a').write(sys.argv[1])"
+    read = (
+        "import os, time; d = os.environ['MODELPLANE_VOLUME_WORK']; "
+        "open(os.environ['OUT'], 'w').write(open(d + '/log').read()); time.sleep(600)"
+    )
+    mount = [{"name": "work", "mountPath": "/work"}]
+    pod = _pod(
+        "ordered",
+        ["python", "-c", read],
+        container={"env": [{"name": "OUT", "value": str(out)}], "volumeMounts": mount},
+        initContainers=[
+            {"name": "first", "image": "x", "command": ["python", "-c", append, "a"], "volumeMounts": mount},
+            {"name": "second", "image": "x", "command": ["python", "-c", append, "b"], "volumeMounts": mount},
+        ],
+        volumes=[{"name": "work", "emptyDir": {}}],
+    )
+    cluster.apply(pod, namespace)
+    wait_for("the main container's report", lambda: out.exists() and out.read_text(), timeout=60)
+    assert out.read_text() == "ab"
+    status = cluster.get_json("pod", "ordered", "-n", namespace)["status"]
+    assert [s["state"]["terminated"]["exitCode"] for s in status["initContainerStatuses"]] == [0, 0]
+
+
+def test_failing_liveness_probe_restarts_the_container(cluster: Cluster, namespace: str) -> None:
+    # Nothing listens on the probed port, so every liveness probe fails.
+    probe = {"tcpSocket": {"port": 9}, "periodSeconds": 1, "failureThreshold": 2}
+    pod = _pod(
+        "unhealthy",
+        ["python", "-c", "import time; time.sleep(600)"],
+        container={"livenessProbe": probe},
+        terminationGracePeriodSeconds=1,
+    )
+    cluster.apply(pod, namespace)
+
+    def restarted() -> bool:
+        statuses = (
+            cluster.get_json("pod", "unhealthy", "-n", namespace)["status"].get("containerStatuses") or []
+        )
+        return bool(statuses) and statuses[0]["restartCount"] >= 1
+
+    wait_for("a liveness restart", restarted, timeout=60)
+
+
 def test_restarted_agent_leaves_no_orphans_and_reruns_pods(cluster: Cluster, namespace: str) -> None:
     _local(cluster)
     assert cluster.state_dir is not None
