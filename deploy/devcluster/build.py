@@ -319,7 +319,7 @@ def _patched_copy(go: str, component: Component, src: Path, env: dict[str, str],
     report(f"downloading {component.module} {component.module_version} to patch it")
     result = subprocess.run(
         [go, "mod", "download", "-json", f"{component.module}@{component.module_version}"],
-        cwd=src,
+        cwd=src.parent,  # outside any module: the wrapper's go.mod may name the copy not made yet
         env={**env, "GOFLAGS": ""},
         capture_output=True,
         text=True,
