@@ -467,3 +467,25 @@ def test_kwok_fleet_schedules_gpu_pods(cluster: Cluster, namespace: str) -> None
     assert all(name.startswith("kwok-") for name in per_node)
     assert max(per_node.values()) <= 2, "a node got more than its 8 GPUs"
     cluster.kubectl("delete", "deployment", "fleet", "-n", namespace, "--wait=false")
+
+
+def test_helm_installs_and_uninstalls_a_chart(cluster: Cluster, namespace: str, tmp_path: Path) -> None:
+    chart = tmp_path / "demo"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: demo\nversion: 0.1.0\n")
+    (chart / "values.yaml").write_text("greeting: hello\n")
+    (chart / "templates" / "cm.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-cm\n"
+        "data:\n  greeting: {{ .Values.greeting | quote }}\n"
+    )
+    version = cluster.helm("version", "--short")
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.startswith("v3.")
+    installed = cluster.helm("install", "demo", str(chart), "-n", namespace, "--set", "greeting=hi", "--wait")
+    assert installed.returncode == 0, installed.stderr
+    assert cluster.get_json("configmap", "demo-cm", "-n", namespace)["data"] == {"greeting": "hi"}
+    removed = cluster.helm("uninstall", "demo", "-n", namespace, "--wait")
+    assert removed.returncode == 0, removed.stderr
+    gone = cluster.kubectl("get", "configmap", "demo-cm", "-n", namespace, check=False)
+    assert gone.returncode != 0
+    assert "NotFound" in gone.stderr

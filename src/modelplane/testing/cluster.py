@@ -59,6 +59,20 @@ class Cluster:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
         return result
 
+    def helm(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run the cached Helm 3 (``make cluster-bins`` builds it) against this cluster."""
+        helm = build.binary_path(build.helm_component(), "helm")
+        binary = str(helm) if helm.is_file() else shutil.which("helm")
+        if binary is None:
+            raise AssertionError("no helm: run `make cluster-bins` (builds one) or put helm on PATH")
+        return subprocess.run(
+            [binary, f"--kubeconfig={self.kubeconfig}", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
     def get_json(self, *args: str) -> Any:
         return json.loads(self.kubectl("get", "-o", "json", *args).stdout)
 
@@ -118,7 +132,14 @@ def pytest_runtest_makereport(
 def cluster_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     external = os.environ.get("KUBECONFIG")
     if external:
-        yield Cluster(kubeconfig=Path(external), kubectl_path=_kubectl_binary())
+        # A dev cluster's own kubeconfig sits in its state directory: then its pods are local too.
+        state = devcluster.ClusterState.load(Path(external).resolve().parent)
+        yield Cluster(
+            kubeconfig=Path(external),
+            kubectl_path=_kubectl_binary(),
+            state_dir=state.directory if state is not None else None,
+            kwok_nodes=state.kwok_nodes if state is not None else 0,
+        )
         return
     try:
         build.bin_dirs(build.core_components())
