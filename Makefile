@@ -44,8 +44,12 @@ format: venv ## Apply ruff's fixes and formatting
 test-fast: venv ## Unit tests only
 	@$(STAGE) unit-tests $(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
+.PHONY: cluster-bins
+cluster-bins: venv ## Build (first time) and cache the dev cluster's binaries: etcd, Kubernetes, Helm, kwok
+	@$(STAGE) cluster-bins $(BIN)/modelplane dev-cluster build --all
+
 .PHONY: test
-test: system-deps venv lint ## README command 2: install, lint, type check and run the whole test suite
+test: system-deps venv lint cluster-bins ## README command 2: install, lint, type check and run the whole test suite
 	@$(STAGE) tests $(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: bench

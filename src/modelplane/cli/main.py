@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from modelplane import __version__
+from modelplane.cli import dev_cluster
 
 app = typer.Typer(
     name="modelplane",
@@ -55,6 +56,7 @@ from modelplane.cli import crds, router  # noqa: E402  (subcommand modules attac
 
 app.add_typer(crds.app, name="crds")
 app.command(name="router")(router.router)
+app.add_typer(dev_cluster.app, name="dev-cluster")
 
 
 def main() -> None:
