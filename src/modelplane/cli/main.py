@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from modelplane import __version__
+from modelplane.cli import runtime as runtime_command
 
 app = typer.Typer(
     name="modelplane",
@@ -49,6 +50,9 @@ def up() -> None:
         "For now: `make test` runs the test suite; `modelplane --help` lists what exists."
     )
     raise typer.Exit(code=2)
+
+
+app.command()(runtime_command.runtime)
 
 
 def main() -> None:
