@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +88,9 @@ def make_mlp(seed: int = 0) -> torch.nn.Module:
 
 def save_torchscript(module: torch.nn.Module, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.script(module).save(str(path))  # type: ignore[no-untyped-call]
+    with warnings.catch_warnings():  # TorchScript is what Triton's PyTorch backend serves; keep it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(module).save(str(path))  # type: ignore[no-untyped-call]
     return path
 
 
