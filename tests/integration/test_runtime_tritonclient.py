@@ -93,13 +93,17 @@ def test_grpc_infer_matches_torch(
     x = np.random.default_rng(10 + batch).standard_normal((batch, 64), dtype=np.float32)
     inp = grpcclient.InferInput("INPUT__0", [batch, 64], "FP32")
     inp.set_data_from_numpy(x)
-    result = grpc_client.infer("mlp", [inp], outputs=[grpcclient.InferRequestedOutput("OUTPUT__0")], request_id="g1")
+    result = grpc_client.infer(
+        "mlp", [inp], outputs=[grpcclient.InferRequestedOutput("OUTPUT__0")], request_id="g1"
+    )
     assert result.get_response().id == "g1"
     np.testing.assert_allclose(result.as_numpy("OUTPUT__0"), expected(reference_mlp, x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
-def test_two_inputs_two_outputs_and_variable_dims(http_client: httpclient.InferenceServerClient, binary: bool) -> None:
+def test_two_inputs_two_outputs_and_variable_dims(
+    http_client: httpclient.InferenceServerClient, binary: bool
+) -> None:
     for width in (3, 7):
         x = np.arange(2 * width, dtype=np.float32).reshape(2, width)
         scale = np.array([[2], [5]], dtype=np.int64)
@@ -190,13 +194,17 @@ def test_model_exception_fails_only_its_own_request(runtime_server: RuntimeProce
     assert passes < 6
 
 
-def test_metrics_are_exposed_on_both_ports(runtime_server: RuntimeProcess, http_client: httpclient.InferenceServerClient) -> None:
+def test_metrics_are_exposed_on_both_ports(
+    runtime_server: RuntimeProcess, http_client: httpclient.InferenceServerClient
+) -> None:
     inp = httpclient.InferInput("INPUT__0", [1, 64], "FP32")
     inp.set_data_from_numpy(np.zeros((1, 64), dtype=np.float32))
     http_client.infer("mlp", [inp])
     for url in (runtime_server.http_url, f"http://127.0.0.1:{runtime_server.metrics_port}"):
         text = httpx.get(url + "/metrics", timeout=10).text
-        assert re.search(r'modelplane_runtime_requests_total{code="200",model="mlp",protocol="http"} [1-9]', text)
+        assert re.search(
+            r'modelplane_runtime_requests_total{code="200",model="mlp",protocol="http"} [1-9]', text
+        )
         assert 'modelplane_runtime_inflight_requests{model="mlp"} 0.0' in text
         assert 'modelplane_runtime_request_duration_seconds_count{model="mlp",protocol="http"}' in text
         assert 'modelplane_runtime_queue_duration_seconds_count{model="mlp"}' in text
