@@ -149,9 +149,9 @@ class HttpApp:
         code = "500"
         try:
             self.lifecycle.begin()
-        except InferenceError as exc:
+        except InferenceError as exc:  # draining: answer, and close the connection so clients move on
             self.metrics.request_refused(name, "http", "503")
-            await _respond(send, exc.status, error_body(exc.message), _JSON)
+            await _respond(send, exc.status, error_body(exc.message), [*_JSON, (b"connection", b"close")])
             return
         self.metrics.request_started(name)
         try:

@@ -40,6 +40,9 @@ class RuntimeOptions:
     threads: int | None = None
     interop_threads: int | None = None
     drain_timeout_s: float = 30.0
+    #: After SIGTERM, keep the listeners open (answering 503) at least this long, so that load
+    #: balancers see the pod leave before its port closes.
+    drain_delay_s: float = 0.0
     cache_dir: Path | None = None
 
 
@@ -116,9 +119,12 @@ async def serve(options: RuntimeOptions) -> None:
         raise SystemExit(f"the HTTP server stopped: cannot serve on {options.host}:{options.http_port}")
 
     log.warning("draining: %d requests in flight", lifecycle.inflight)
+    drain_started = loop.time()
     finished = await lifecycle.drain(options.drain_timeout_s)
     if not finished:
         log.error("drain timeout: %d requests still in flight", lifecycle.inflight)
+    if (linger := options.drain_delay_s - (loop.time() - drain_started)) > 0:
+        await asyncio.sleep(linger)
     load_task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await load_task

@@ -39,6 +39,14 @@ def runtime(
         float,
         typer.Option("--drain-timeout", min=0.0, help="Seconds to let in-flight requests finish on SIGTERM"),
     ] = 30.0,
+    drain_delay: Annotated[
+        float,
+        typer.Option(
+            "--drain-delay",
+            min=0.0,
+            help="Seconds to keep answering 503 after SIGTERM before closing the ports",
+        ),
+    ] = 0.0,
     cache_dir: Annotated[
         Path | None,
         typer.Option("--cache-dir", help="Where downloaded artifacts are kept (default: REPO/.cache)"),
@@ -58,6 +66,7 @@ def runtime(
             threads=threads,
             interop_threads=interop_threads,
             drain_timeout_s=drain_timeout,
+            drain_delay_s=drain_delay,
             cache_dir=cache_dir,
         )
     )

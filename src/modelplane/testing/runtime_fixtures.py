@@ -47,7 +47,9 @@ def runtime_repository(tmp_path_factory: pytest.TempPathFactory, reference_mlp: 
     root = tmp_path_factory.mktemp("runtime") / "models"
     write_model(root, "mlp", reference_mlp, mlp_config("mlp", max_batch_size=64, delay_us=500))
     # A long queue delay: concurrent requests are sure to meet in one batch.
-    write_model(root, "mlp_batched", reference_mlp, mlp_config("mlp_batched", max_batch_size=64, delay_us=100_000))
+    write_model(
+        root, "mlp_batched", reference_mlp, mlp_config("mlp_batched", max_batch_size=64, delay_us=100_000)
+    )
     write_model(root, "scratch", reference_mlp, mlp_config("scratch", max_batch_size=8, delay_us=0))
     write_model(root, "two", TwoInputs(), two_input_config("two"))
     write_model(root, "faulty", FailsOnNegative(), FAULTY_CONFIG)
@@ -56,7 +58,9 @@ def runtime_repository(tmp_path_factory: pytest.TempPathFactory, reference_mlp: 
 
 @pytest.fixture(scope="session")
 def runtime_server(runtime_repository: Path) -> Iterator[RuntimeProcess]:
-    server = RuntimeProcess(runtime_repository, ("--max-body-bytes", str(TEST_MAX_BODY_BYTES), "--threads", "1"))
+    server = RuntimeProcess(
+        runtime_repository, ("--max-body-bytes", str(TEST_MAX_BODY_BYTES), "--threads", "1")
+    )
     server.start()
     try:
         yield server
