@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import numpy as np
@@ -116,9 +117,9 @@ class _ArtifactHandler(http.server.BaseHTTPRequestHandler):
     payload = b""
     token = ""
     release = threading.Event()
-    seen_auth: list[str] = []
+    seen_auth: ClassVar[list[str]] = []
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         self.seen_auth.append(self.headers.get("Authorization", ""))
         if self.headers.get("Authorization") != f"Bearer {self.token}":
             self.send_response(401)
