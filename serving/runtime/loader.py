@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,9 @@ def load_module(path: Path, spec: ModelSpec, device: torch.device) -> Callable[.
     suffix = path.suffix
     try:
         if suffix == ".pt":
-            module: Any = torch.jit.load(str(path), map_location=device)  # type: ignore[no-untyped-call]
+            with warnings.catch_warnings():  # TorchScript is what Triton repositories hold: keep serving it
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module: Any = torch.jit.load(str(path), map_location=device)  # type: ignore[no-untyped-call]
         elif suffix == ".pt2":
             module = torch.export.load(str(path)).module()
             module = module.to(device)
