@@ -134,8 +134,6 @@ def test_runner_reports_model_exceptions_as_model_errors() -> None:
     runner = TorchRunner(FailsOnNegative(), spec, torch.device("cpu"))
     with pytest.raises(ModelError, match="negative input"):
         runner.run([np.full((1, 2), -1.0, dtype=np.float32)])
-    wrong_arity = TorchRunner(
-        TwoInputs(), spec.__class__(**{**spec.__dict__, "inputs": spec.inputs * 2}), torch.device("cpu")
-    )
+    wrong_arity = TorchRunner(TwoInputs(), replace(spec, inputs=spec.inputs * 2), torch.device("cpu"))
     with pytest.raises(ModelError, match="returned 2 values"):
         wrong_arity.run([np.ones((1, 2), dtype=np.float32), np.ones((1, 2), dtype=np.float32)])

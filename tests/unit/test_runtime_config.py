@@ -58,37 +58,24 @@ version_policy { all {} }
     assert spec.version_policy == ("all", ())
 
 
+A_IN = 'input [ { name: "a" data_type: TYPE_FP32 dims: [1] } ]'
+B_OUT = 'output [ { name: "b" data_type: TYPE_FP32 dims: [1] } ]'
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("this is { not pbtxt", "not a valid ModelConfig"),
         ('name: "other" input [ { name: "a" data_type: TYPE_FP32 dims: [1] } ]', "its folder is 'm'"),
         ('platform: "tensorflow_savedmodel"', "not served by this runtime"),
-        (
-            'input [ { name: "a" data_type: TYPE_STRING dims: [1] } ] output [ { name: "b" data_type: TYPE_FP32 dims: [1] } ]',
-            "TYPE_STRING",
-        ),
-        (
-            'input [ { name: "a" data_type: TYPE_FP32 dims: [0] } ] output [ { name: "b" data_type: TYPE_FP32 dims: [1] } ]',
-            "invalid dims",
-        ),
-        (
-            'input [ { name: "a" data_type: TYPE_FP32 dims: [-2] } ] output [ { name: "b" data_type: TYPE_FP32 dims: [1] } ]',
-            "invalid dims",
-        ),
+        ('input [ { name: "a" data_type: TYPE_STRING dims: [1] } ] ' + B_OUT, "TYPE_STRING"),
+        ('input [ { name: "a" data_type: TYPE_FP32 dims: [0] } ] ' + B_OUT, "invalid dims"),
+        ('input [ { name: "a" data_type: TYPE_FP32 dims: [-2] } ] ' + B_OUT, "invalid dims"),
         ('output [ { name: "b" data_type: TYPE_FP32 dims: [1] } ]', "no input"),
         ('input [ { name: "a" data_type: TYPE_FP32 dims: [1] } ]', "no output"),
         ('max_batch_size: -1 input [ { name: "a" data_type: TYPE_FP32 dims: [1] } ]', "max_batch_size"),
-        (
-            'input [ { name: "a" data_type: TYPE_FP32 dims: [1] }, { name: "a" data_type: TYPE_FP32 dims: [1] } ]'
-            ' output [ { name: "b" data_type: TYPE_FP32 dims: [1] } ]',
-            "duplicate input",
-        ),
-        (
-            'input [ { name: "a" data_type: TYPE_FP32 dims: [1] } ] output [ { name: "b" data_type: TYPE_FP32 dims: [1] } ]'
-            ' parameters { key: "precision" value { string_value: "int4" } }',
-            "precision",
-        ),
+        (A_IN + A_IN + B_OUT, "duplicate input"),
+        (A_IN + B_OUT + ' parameters { key: "precision" value { string_value: "int4" } }', "precision"),
     ],
 )
 def test_invalid_configs_are_refused_with_a_reason(text: str, message: str) -> None:
