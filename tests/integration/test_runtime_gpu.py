@@ -1,4 +1,4 @@
-"""CUDA inference: the same answers on the GPU as on the CPU, and fp16 close to fp32 (skipped without CUDA)."""
+"""CUDA inference: GPU answers equal the CPU ones, fp16/bf16 stay close to fp32 (skipped without CUDA)."""
 
 from __future__ import annotations
 
