@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -88,6 +89,16 @@ def split(outputs: Sequence[np.ndarray[Any, Any]], sizes: Sequence[int]) -> list
     return results
 
 
+def run_inline(forward_s: float | None, inline_below_s: float) -> bool:
+    """Whether to run a batch on the event loop itself instead of a worker thread.
+
+    Handing a batch to a thread and back costs tens of microseconds; for a model whose forward is
+    shorter than that (a small MLP), the hand-off is most of the latency. Such models may run inline
+    when the config allows it (``inline_below_us``); anything slower always runs off the loop.
+    """
+    return forward_s is not None and forward_s < inline_below_s
+
+
 class Batcher:
     """Queue and workers of one model version."""
 
@@ -101,6 +112,7 @@ class Batcher:
         workers: int = 1,
         on_batch: Callable[[int], None] | None = None,
         on_dequeue: Callable[[float], None] | None = None,
+        inline_below_s: float = 0.0,
     ) -> None:
         self._run = run
         self._executor = executor
@@ -114,6 +126,9 @@ class Batcher:
         self._queued = 0
         self._wake = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
+        self._inline_below = inline_below_s
+        #: Moving average of one forward's duration; None until measured.
+        self.forward_s: float | None = None
 
     def start(self) -> None:
         for i in range(self._workers_count):
@@ -171,7 +186,10 @@ class Batcher:
         if self._on_batch is not None:
             self._on_batch(sum(p.batch_size for p in batch))
         try:
-            results = await loop.run_in_executor(self._executor, self._run_batch, batch)
+            if run_inline(self.forward_s, self._inline_below):
+                results = self._run_batch(batch)
+            else:
+                results = await loop.run_in_executor(self._executor, self._run_batch, batch)
         except Exception as exc:  # the executor itself failed (shut down): every caller learns it
             results = [exc] * len(batch)
         for item, result in zip(batch, results, strict=True):
@@ -183,6 +201,13 @@ class Batcher:
                 item.future.set_result(result)
 
     def _run_batch(self, batch: list[Pending]) -> list[Arrays | Exception]:
+        started = time.perf_counter()
+        results = self._run_batch_unmeasured(batch)
+        elapsed = time.perf_counter() - started
+        self.forward_s = elapsed if self.forward_s is None else 0.8 * self.forward_s + 0.2 * elapsed
+        return results
+
+    def _run_batch_unmeasured(self, batch: list[Pending]) -> list[Arrays | Exception]:
         if len(batch) == 1:
             try:
                 outputs = self._run(batch[0].arrays)
@@ -194,4 +219,4 @@ class Batcher:
         try:
             return list(split(self._run(assemble(batch)), [p.batch_size for p in batch]))
         except Exception:  # retry one by one, so only the request that breaks the model fails
-            return [self._run_batch([item])[0] for item in batch]
+            return [self._run_batch_unmeasured([item])[0] for item in batch]

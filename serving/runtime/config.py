@@ -48,6 +48,9 @@ class ModelSpec:
     precision: str = "fp32"
     warmup: bool = True
     intra_op_threads: int | None = None
+    #: Run batches whose forward takes less than this on the event loop (0: always in a thread); a
+    #: thread hand-off costs about as much as a tiny model's whole forward.
+    inline_below_us: int = 250
     artifact_uri: str | None = None
     artifact_sha256: str | None = None
     #: ``module.path:ClassName`` for state_dict artifacts (``model.pth``), built with no arguments.
@@ -125,6 +128,7 @@ def spec_from_config(config: model_config_pb2.ModelConfig, default_name: str) ->
         precision=precision,
         warmup=params.get("warmup", "true").lower() not in ("false", "0", "no"),
         intra_op_threads=_positive_int(name, "intra_op_threads", threads) if threads else None,
+        inline_below_us=_non_negative_int(name, "inline_below_us", params.get("inline_below_us", "250")),
         artifact_uri=params.get("artifact_uri") or None,
         artifact_sha256=(params.get("artifact_sha256") or "").lower() or None,
         module_class=params.get("module_class") or None,
@@ -172,6 +176,12 @@ def _version_policy(model: str, config: model_config_pb2.ModelConfig) -> tuple[s
     if count < 1:
         raise ConfigError(f"model {model!r}: version_policy latest needs num_versions >= 1")
     return ("latest", (count,))
+
+
+def _non_negative_int(model: str, key: str, value: str) -> int:
+    if not value.isdigit():
+        raise ConfigError(f"model {model!r}: parameter {key} must be a non-negative integer, got {value!r}")
+    return int(value)
 
 
 def _positive_int(model: str, key: str, value: str) -> int:

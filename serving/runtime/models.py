@@ -242,6 +242,7 @@ class ModelManager:
             workers=spec.instance_count,
             on_batch=lambda size: self.metrics.observe_batch(name, size),
             on_dequeue=lambda seconds: self.metrics.observe_queue(name, seconds),
+            inline_below_s=spec.inline_below_us / 1e6,
         )
         model.batcher.start()
         model.state = READY

@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from modelplane.serving.runtime.batcher import Batcher, Pending, assemble, shape_key, split, take_batch
+from modelplane.serving.runtime.batcher import (
+    Batcher,
+    Pending,
+    assemble,
+    run_inline,
+    shape_key,
+    split,
+    take_batch,
+)
 from modelplane.serving.runtime.config import parse_config
 from modelplane.serving.runtime.runner import ModelError, TorchRunner
 from modelplane.testing.runtime import FailsOnNegative, TwoInputs, two_input_config
@@ -137,3 +145,10 @@ def test_runner_reports_model_exceptions_as_model_errors() -> None:
     wrong_arity = TorchRunner(TwoInputs(), replace(spec, inputs=spec.inputs * 2), torch.device("cpu"))
     with pytest.raises(ModelError, match="returned 2 values"):
         wrong_arity.run([np.ones((1, 2), dtype=np.float32), np.ones((1, 2), dtype=np.float32)])
+
+
+def test_only_fast_forwards_run_on_the_event_loop() -> None:
+    assert not run_inline(None, 0.00025)  # not measured yet: thread
+    assert run_inline(0.0001, 0.00025)
+    assert not run_inline(0.001, 0.00025)
+    assert not run_inline(0.0001, 0.0)  # inline_below_us = 0 turns it off
