@@ -230,8 +230,13 @@ class ModelManager:
     def _start(self, model: ServedModel) -> None:
         assert model.runner is not None
         spec, name = model.spec, model.spec.name
+        # torch's intra-op thread count is per OS thread: set it in the workers too, or each worker
+        # starts a full OpenMP team that spins between small batches.
         model.executor = ThreadPoolExecutor(
-            max_workers=spec.instance_count, thread_name_prefix=f"infer-{name}"
+            max_workers=spec.instance_count,
+            thread_name_prefix=f"infer-{name}",
+            initializer=torch.set_num_threads,
+            initargs=(spec.intra_op_threads or torch.get_num_threads(),),
         )
         delay = None if spec.max_queue_delay_us is None else spec.max_queue_delay_us / 1e6
         model.batcher = Batcher(
