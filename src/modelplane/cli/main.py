@@ -9,6 +9,7 @@ from rich.console import Console
 
 from modelplane import __version__
 from modelplane.cli import dev_cluster
+from modelplane.cli import runtime as runtime_command
 
 app = typer.Typer(
     name="modelplane",
@@ -57,6 +58,7 @@ from modelplane.cli import crds, router  # noqa: E402  (subcommand modules attac
 app.add_typer(crds.app, name="crds")
 app.command(name="router")(router.router)
 app.add_typer(dev_cluster.app, name="dev-cluster")
+app.command()(runtime_command.runtime)
 
 
 def main() -> None:

@@ -1,0 +1,222 @@
+"""Dynamic batching: requests queue per model and run together, up to max_batch_size or the delay.
+
+The event loop only queues and wakes; the forward runs in a worker thread. Requests whose
+non-batch dims differ (variable-size inputs) are never concatenated: a batch holds only requests of
+one shape. If a batched forward raises, each request of that batch is retried on its own, so one
+bad request fails alone and its neighbours still get their results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from modelplane.serving.runtime.runner import ModelError
+
+Arrays = list[np.ndarray[Any, Any]]
+RunFn = Callable[[Sequence[np.ndarray[Any, Any]]], Arrays]
+
+
+@dataclass(slots=True, eq=False)
+class Pending:
+    """One queued request: its inputs (batch dim first), batch size and the caller's future."""
+
+    arrays: Arrays
+    batch_size: int
+    future: asyncio.Future[Arrays]
+    enqueued: float = 0.0
+    key: tuple[tuple[int, ...], ...] = field(default=())
+
+
+def shape_key(arrays: Sequence[np.ndarray[Any, Any]]) -> tuple[tuple[int, ...], ...]:
+    """What must be equal for two requests to share a batch: every input's non-batch dims."""
+    return tuple(tuple(a.shape[1:]) for a in arrays)
+
+
+def take_batch(pending: deque[Pending], max_batch_size: int) -> list[Pending]:
+    """Remove and return the next batch: the oldest request plus later ones of the same shape.
+
+    Requests already answered (the caller went away) are dropped; the others keep their order.
+    """
+    while pending and pending[0].future.done():
+        pending.popleft()
+    if not pending:
+        return []
+    first = pending.popleft()
+    batch, size, skipped = [first], first.batch_size, []
+    while pending and size < max_batch_size:
+        item = pending.popleft()
+        if item.future.done():
+            continue
+        if item.key == first.key and size + item.batch_size <= max_batch_size:
+            batch.append(item)
+            size += item.batch_size
+        else:
+            skipped.append(item)
+    pending.extendleft(reversed(skipped))
+    return batch
+
+
+def assemble(batch: Sequence[Pending]) -> Arrays:
+    """Concatenate the batch's inputs along the batch dim."""
+    if len(batch) == 1:
+        return batch[0].arrays
+    return [np.concatenate([p.arrays[i] for p in batch]) for i in range(len(batch[0].arrays))]
+
+
+def split(outputs: Sequence[np.ndarray[Any, Any]], sizes: Sequence[int]) -> list[Arrays]:
+    """Cut batched outputs back into one list per request; refuse outputs that lost the batch dim."""
+    total = sum(sizes)
+    for out in outputs:
+        if out.ndim == 0 or out.shape[0] != total:
+            raise ModelError(
+                f"the model returned an output of shape {list(out.shape)} for a batch of {total}; "
+                "outputs must keep the batch dim first"
+            )
+    results: list[Arrays] = []
+    start = 0
+    for size in sizes:
+        results.append([out[start : start + size] for out in outputs])
+        start += size
+    return results
+
+
+def run_inline(forward_s: float | None, inline_below_s: float) -> bool:
+    """Whether to run a batch on the event loop itself instead of a worker thread.
+
+    Handing a batch to a thread and back costs tens of microseconds; for a model whose forward is
+    shorter than that (a small MLP), the hand-off is most of the latency. Such models may run inline
+    when the config allows it (``inline_below_us``); anything slower always runs off the loop.
+    """
+    return forward_s is not None and forward_s < inline_below_s
+
+
+class Batcher:
+    """Queue and workers of one model version."""
+
+    def __init__(
+        self,
+        run: RunFn,
+        executor: Executor,
+        *,
+        max_batch_size: int,
+        max_delay_s: float | None,
+        workers: int = 1,
+        on_batch: Callable[[int], None] | None = None,
+        on_dequeue: Callable[[float], None] | None = None,
+        inline_below_s: float = 0.0,
+    ) -> None:
+        self._run = run
+        self._executor = executor
+        self._batching = max_batch_size > 0 and max_delay_s is not None
+        self._max = max(1, max_batch_size)
+        self._delay = max_delay_s or 0.0
+        self._workers_count = workers
+        self._on_batch = on_batch
+        self._on_dequeue = on_dequeue
+        self._pending: deque[Pending] = deque()
+        self._queued = 0
+        self._wake = asyncio.Event()
+        self._workers: list[asyncio.Task[None]] = []
+        self._inline_below = inline_below_s
+        #: Moving average of one forward's duration; None until measured.
+        self.forward_s: float | None = None
+
+    def start(self) -> None:
+        for i in range(self._workers_count):
+            self._workers.append(asyncio.get_running_loop().create_task(self._work(), name=f"batcher-{i}"))
+
+    async def stop(self) -> None:
+        """Stop the workers; requests still queued are failed as unavailable."""
+        for task in self._workers:
+            task.cancel()
+        for task in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        while self._pending:
+            item = self._pending.popleft()
+            if not item.future.done():
+                item.future.set_exception(ModelError("the model was unloaded before this request ran"))
+
+    async def submit(self, arrays: Arrays, batch_size: int) -> Arrays:
+        """Queue one request and wait for its outputs."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Arrays] = loop.create_future()
+        self._pending.append(Pending(arrays, batch_size, future, loop.time(), shape_key(arrays)))
+        self._queued += batch_size
+        self._wake.set()
+        return await future
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._pending:
+                self._wake.clear()
+                await self._wake.wait()
+            if self._batching and self._delay > 0:
+                deadline = self._pending[0].enqueued + self._delay
+                while self._queued < self._max and (remaining := deadline - loop.time()) > 0:
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), remaining)
+                    except TimeoutError:
+                        break
+                    if not self._pending:
+                        break
+            batch = take_batch(self._pending, self._max if self._batching else 0)
+            self._queued -= sum(p.batch_size for p in batch)
+            if not batch:
+                self._queued = sum(p.batch_size for p in self._pending)
+                continue
+            await self._execute(batch, loop)
+
+    async def _execute(self, batch: list[Pending], loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        if self._on_dequeue is not None:
+            for item in batch:
+                self._on_dequeue(now - item.enqueued)
+        if self._on_batch is not None:
+            self._on_batch(sum(p.batch_size for p in batch))
+        try:
+            if run_inline(self.forward_s, self._inline_below):
+                results = self._run_batch(batch)
+            else:
+                results = await loop.run_in_executor(self._executor, self._run_batch, batch)
+        except Exception as exc:  # the executor itself failed (shut down): every caller learns it
+            results = [exc] * len(batch)
+        for item, result in zip(batch, results, strict=True):
+            if item.future.done():
+                continue
+            if isinstance(result, Exception):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(result)
+
+    def _run_batch(self, batch: list[Pending]) -> list[Arrays | Exception]:
+        started = time.perf_counter()
+        results = self._run_batch_unmeasured(batch)
+        elapsed = time.perf_counter() - started
+        self.forward_s = elapsed if self.forward_s is None else 0.8 * self.forward_s + 0.2 * elapsed
+        return results
+
+    def _run_batch_unmeasured(self, batch: list[Pending]) -> list[Arrays | Exception]:
+        if len(batch) == 1:
+            try:
+                outputs = self._run(batch[0].arrays)
+                if self._batching:
+                    split(outputs, [batch[0].batch_size])
+                return [outputs]
+            except Exception as exc:
+                return [exc]
+        try:
+            return list(split(self._run(assemble(batch)), [p.batch_size for p in batch]))
+        except Exception:  # retry one by one, so only the request that breaks the model fails
+            return [self._run_batch_unmeasured([item])[0] for item in batch]

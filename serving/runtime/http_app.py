@@ -1,0 +1,266 @@
+"""The V2 HTTP front end as a plain ASGI app (no framework: the hot path is a few dict lookups).
+
+Routes: ``/v2``, ``/v2/health/{live,ready}``, ``/v2/models/{m}[/versions/{v}][/ready|/infer]``,
+``/v2/repository/index``, ``/v2/repository/models/{m}/{load,unload}``, ``/metrics``.
+Every error is ``{"error": "..."}`` with the status from :class:`InferenceError`.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from modelplane import __version__
+from modelplane.serving.runtime.codec import decode_request, encode_response, error_body
+from modelplane.serving.runtime.errors import InferenceError, bad_request
+from modelplane.serving.runtime.inference import infer, model_metadata
+from modelplane.serving.runtime.lifecycle import Lifecycle
+from modelplane.serving.runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from modelplane.serving.runtime.metrics import RuntimeMetrics
+from modelplane.serving.runtime.models import ModelManager
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
+
+_JSON = [(b"content-type", b"application/json")]
+_BINARY = b"application/octet-stream"
+
+
+class _BodyTooLargeError(Exception):
+    pass
+
+
+def route(method: str, path: str) -> tuple[str, str, str | None]:
+    """Map a request to ``(action, model, version)``; action ``""`` when nothing matches.
+
+    Pure, so the URL grammar is unit-tested without a server.
+    """
+    parts = path.strip("/").split("/")
+    if not parts or parts[0] != "v2":
+        return ("metrics", "", None) if parts == ["metrics"] and method == "GET" else ("", "", None)
+    rest = parts[1:]
+    if not rest:
+        return ("server_metadata", "", None) if method == "GET" else ("", "", None)
+    if rest[0] == "health" and len(rest) == 2 and rest[1] in ("live", "ready") and method == "GET":
+        return (rest[1], "", None)
+    if rest[0] == "repository":
+        if rest == ["repository", "index"] and method == "POST":
+            return ("index", "", None)
+        if len(rest) == 4 and rest[1] == "models" and rest[3] in ("load", "unload") and method == "POST":
+            return (rest[3], rest[2], None)
+        return ("", "", None)
+    if rest[0] != "models" or len(rest) < 2:
+        return ("", "", None)
+    name, tail, version = rest[1], rest[2:], None
+    if len(tail) >= 2 and tail[0] == "versions":
+        version, tail = tail[1], tail[2:]
+    if not tail:
+        return ("model_metadata", name, version) if method == "GET" else ("", "", None)
+    if tail == ["infer"] and method == "POST":
+        return ("infer", name, version)
+    if tail == ["ready"] and method == "GET":
+        return ("model_ready", name, version)
+    return ("", "", None)
+
+
+class HttpApp:
+    def __init__(
+        self,
+        manager: ModelManager,
+        metrics: RuntimeMetrics,
+        lifecycle: Lifecycle,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    ) -> None:
+        self.manager = manager
+        self.metrics = metrics
+        self.lifecycle = lifecycle
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await _lifespan(receive, send)
+            return
+        action, name, version = route(scope["method"], scope["path"])
+        try:
+            if action == "infer":
+                await self._infer(scope, receive, send, name, version)
+                return
+            if action in ("index", "load", "unload"):
+                await self._read_body(scope, receive)
+            await self._simple(action, name, version, send)
+        except InferenceError as exc:
+            await _respond(send, exc.status, error_body(exc.message), _JSON)
+        except _BodyTooLargeError:
+            await _respond(send, 413, error_body(self._too_large()), _JSON)
+
+    def _too_large(self) -> str:
+        return f"request body exceeds the limit of {self.max_body_bytes} bytes (--max-body-bytes)"
+
+    async def _simple(self, action: str, name: str, version: str | None, send: Send) -> None:
+        if action == "live":
+            await _respond(send, 200, b"", [])
+        elif action == "ready":
+            ok = not self.lifecycle.draining and self.manager.ready()
+            await _respond(send, 200 if ok else 503, b"" if ok else error_body("not ready"), _JSON)
+        elif action == "server_metadata":
+            doc = {"name": "modelplane", "version": __version__, "extensions": EXTENSIONS}
+            await _respond(send, 200, orjson.dumps(doc), _JSON)
+        elif action == "model_metadata":
+            model = self.manager.resolve(name, version)
+            doc = model_metadata(model, self.manager.versions_of(name))
+            await _respond(send, 200, orjson.dumps(doc), _JSON)
+        elif action == "model_ready":
+            model = self.manager.resolve(name, version)
+            ok = model.state == "READY" and not self.lifecycle.draining
+            await _respond(
+                send, 200 if ok else 503, b"" if ok else error_body(f"model {name!r} is not ready"), _JSON
+            )
+        elif action == "index":
+            await _respond(send, 200, orjson.dumps(self.manager.index()), _JSON)
+        elif action == "load":
+            await self.manager.load(name)
+            await _respond(send, 200, b"", _JSON)
+        elif action == "unload":
+            await self.manager.unload(name)
+            await _respond(send, 200, b"", _JSON)
+        elif action == "metrics":
+            await _respond(
+                send, 200, self.metrics.render(), [(b"content-type", METRICS_CONTENT_TYPE.encode())]
+            )
+        else:
+            await _respond(
+                send, 404, error_body("not found: see the V2 inference protocol for the routes"), _JSON
+            )
+
+    async def _infer(
+        self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None
+    ) -> None:
+        started = time.perf_counter()
+        code = "500"
+        try:
+            self.lifecycle.begin()
+        except InferenceError as exc:  # draining: answer, and close the connection so clients move on
+            self.metrics.request_refused(name, "http", "503")
+            await _respond(send, exc.status, error_body(exc.message), [*_JSON, (b"connection", b"close")])
+            return
+        self.metrics.request_started(name)
+        try:
+            try:
+                body = await self._read_body(scope, receive)
+            except _BodyTooLargeError:
+                code = "413"
+                await _respond(send, 413, error_body(self._too_large()), _JSON)
+                return
+            try:
+                header_length = _header_length(scope)
+                model = self.manager.resolve(name, version)
+                request = decode_request(body, header_length)
+                outputs = await infer(model, request)
+                payload, json_length = encode_response(name, str(model.version), request.id, outputs)
+            except InferenceError as exc:
+                code = str(exc.status)
+                await _respond(send, exc.status, error_body(exc.message), _JSON)
+                return
+            code = "200"
+            if json_length is None:
+                await _respond(send, 200, payload, _JSON)
+            else:
+                headers = [
+                    (b"content-type", _BINARY),
+                    (b"inference-header-content-length", str(json_length).encode()),
+                ]
+                await _respond(send, 200, payload, headers)
+        finally:
+            self.metrics.request_finished(name, "http", code, time.perf_counter() - started)
+            self.lifecycle.end()
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        limit = self.max_body_bytes
+        encoding = b""
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                try:
+                    if int(value) > limit:
+                        raise _BodyTooLargeError
+                except ValueError:
+                    raise bad_request("invalid Content-Length header") from None
+            elif key == b"content-encoding":
+                encoding = value.lower()
+        message = await receive()
+        body: bytes = message.get("body", b"")
+        if message.get("more_body", False):
+            chunks, size = [body], len(body)
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    break
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise _BodyTooLargeError
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+            body = b"".join(chunks)
+        if len(body) > limit:
+            raise _BodyTooLargeError
+        if encoding and encoding != b"identity":
+            body = _decompress(encoding, body, limit)
+        return body
+
+
+def _decompress(encoding: bytes, body: bytes, limit: int) -> bytes:
+    """gzip/deflate bodies (tritonclient's request compression), bounded by the body limit."""
+    if encoding not in (b"gzip", b"deflate"):
+        raise bad_request(
+            f"Content-Encoding {encoding.decode(errors='replace')!r} is not supported (use gzip or deflate)"
+        )
+    inflater = zlib.decompressobj(wbits=31 if encoding == b"gzip" else 15)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise bad_request(f"cannot decompress the {encoding.decode()} body: {exc}") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise _BodyTooLargeError
+    return out
+
+
+def _header_length(scope: Scope) -> int | None:
+    for key, value in scope["headers"]:
+        if key == b"inference-header-content-length":
+            try:
+                return int(value)
+            except ValueError:
+                raise bad_request("Inference-Header-Content-Length must be an integer") from None
+    return None
+
+
+async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

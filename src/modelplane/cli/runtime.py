@@ -1,0 +1,72 @@
+"""``modelplane runtime``: serve a Triton-layout model repository over V2 HTTP and gRPC."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def runtime(
+    model_repository: Annotated[
+        Path,
+        typer.Option(
+            "--model-repository",
+            help="Folder in Triton's layout: NAME/config.pbtxt and NAME/VERSION/model.pt",
+            exists=True,
+            file_okay=False,
+            resolve_path=True,
+        ),
+    ],
+    host: Annotated[str, typer.Option("--host", help="Address to listen on")] = "0.0.0.0",  # noqa: S104
+    http_port: Annotated[int, typer.Option("--http-port", help="V2 HTTP port")] = 8000,
+    grpc_port: Annotated[int, typer.Option("--grpc-port", help="V2 gRPC port")] = 8001,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option("--metrics-port", help="Extra port for /metrics (also served on the HTTP port)"),
+    ] = None,
+    max_body_bytes: Annotated[
+        int, typer.Option("--max-body-bytes", min=1, help="Largest accepted request body (HTTP and gRPC)")
+    ] = 64 * 1024 * 1024,
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="torch intra-op threads (default: torch's choice)")
+    ] = None,
+    interop_threads: Annotated[
+        int | None, typer.Option("--interop-threads", min=1, help="torch inter-op threads")
+    ] = None,
+    drain_timeout: Annotated[
+        float,
+        typer.Option("--drain-timeout", min=0.0, help="Seconds to let in-flight requests finish on SIGTERM"),
+    ] = 30.0,
+    drain_delay: Annotated[
+        float,
+        typer.Option(
+            "--drain-delay",
+            min=0.0,
+            help="Seconds to keep answering 503 after SIGTERM before closing the ports",
+        ),
+    ] = 0.0,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option("--cache-dir", help="Where downloaded artifacts are kept (default: REPO/.cache)"),
+    ] = None,
+) -> None:
+    """Serve the models of a repository over the KServe / Open Inference Protocol V2 (HTTP and gRPC)."""
+    from modelplane.serving.runtime.server import RuntimeOptions, run
+
+    run(
+        RuntimeOptions(
+            model_repository=model_repository,
+            host=host,
+            http_port=http_port,
+            grpc_port=grpc_port,
+            metrics_port=metrics_port,
+            max_body_bytes=max_body_bytes,
+            threads=threads,
+            interop_threads=interop_threads,
+            drain_timeout_s=drain_timeout,
+            drain_delay_s=drain_delay,
+            cache_dir=cache_dir,
+        )
+    )

@@ -1,0 +1,219 @@
+"""Helpers for tests that serve real torch models: model builders, a Triton-layout repository
+writer and the ``modelplane runtime`` server as a real subprocess on free loopback ports.
+
+Shared by the runtime's own tests and by the router's and operator's tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import torch
+
+MLP_CONFIG = """
+name: "{name}"
+platform: "pytorch_libtorch"
+max_batch_size: {max_batch_size}
+input [ {{ name: "INPUT__0" data_type: TYPE_FP32 dims: [ 64 ] }} ]
+output [ {{ name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 10 ] }} ]
+dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}
+instance_group [ {{ kind: KIND_CPU count: 1 }} ]
+{extra}
+"""
+
+TWO_INPUT_CONFIG = """
+name: "{name}"
+platform: "pytorch_libtorch"
+max_batch_size: 8
+input [
+  {{ name: "X" data_type: TYPE_FP32 dims: [ -1 ] }},
+  {{ name: "SCALE" data_type: TYPE_INT64 dims: [ 1 ] }}
+]
+output [
+  {{ name: "SUM" data_type: TYPE_FP32 dims: [ 1 ] }},
+  {{ name: "SCALED" data_type: TYPE_FP32 dims: [ -1 ] }}
+]
+dynamic_batching {{ max_queue_delay_microseconds: 2000 }}
+"""
+
+
+class Mlp(torch.nn.Module):
+    """64 -> 256 -> 256 -> 10, the runtime's reference model (and the benchmark's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(64, 256),
+            torch.nn.ReLU(),
+            torch.nn.Linear(256, 256),
+            torch.nn.ReLU(),
+            torch.nn.Linear(256, 10),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # type: ignore[no-any-return]
+
+
+class TwoInputs(torch.nn.Module):
+    """Two inputs with a variable dim and two outputs: row sums, and rows times an integer scale."""
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.sum(dim=1, keepdim=True), x * scale.to(x.dtype)
+
+
+class FailsOnNegative(torch.nn.Module):
+    """Raises when any input is negative: shows one bad request failing alone inside a batch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x < 0).any()):
+            raise ValueError("negative input")
+        return x * 2.0
+
+
+def make_mlp(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return Mlp().eval()
+
+
+def save_torchscript(module: torch.nn.Module, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # TorchScript is what Triton's PyTorch backend serves; keep it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(module).save(str(path))  # type: ignore[no-untyped-call]
+    return path
+
+
+def write_model(
+    repository: Path,
+    name: str,
+    module: torch.nn.Module,
+    config: str,
+    version: int = 1,
+    filename: str = "model.pt",
+) -> Path:
+    """Write ``NAME/config.pbtxt`` and ``NAME/VERSION/model.pt`` (TorchScript) into ``repository``."""
+    folder = repository / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.pbtxt").write_text(config)
+    return save_torchscript(module, folder / str(version) / filename)
+
+
+def mlp_config(name: str = "mlp", max_batch_size: int = 64, delay_us: int = 500, extra: str = "") -> str:
+    return MLP_CONFIG.format(name=name, max_batch_size=max_batch_size, delay_us=delay_us, extra=extra)
+
+
+def two_input_config(name: str = "two") -> str:
+    return TWO_INPUT_CONFIG.format(name=name)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RuntimeProcess:
+    """A ``modelplane runtime`` subprocess on loopback; ``stop()`` sends SIGTERM and waits."""
+
+    repository: Path
+    extra_args: Sequence[str] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    http_port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def http_address(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def start(self, wait_ready: bool = True, timeout_s: float = 60.0) -> RuntimeProcess:
+        command = [
+            str(Path(sys.executable).parent / "modelplane"),
+            "runtime",
+            "--model-repository",
+            str(self.repository),
+            "--host",
+            "127.0.0.1",
+            "--http-port",
+            str(self.http_port),
+            "--grpc-port",
+            str(self.grpc_port),
+            "--metrics-port",
+            str(self.metrics_port),
+            *self.extra_args,
+        ]
+        self.log_path = self.repository.parent / f"runtime-{self.http_port}.log"
+        log = self.log_path.open("wb")
+        env = {**os.environ, "OMP_NUM_THREADS": "1", **self.env}
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        self.wait("/v2/health/ready" if wait_ready else "/v2/health/live", timeout_s)
+        return self
+
+    def wait(self, path: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"the runtime exited with {self.process.returncode}:\n{self.log()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.http_url + path, timeout=2.0).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise TimeoutError(f"the runtime did not answer 200 on {path} within {timeout_s}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def terminate(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM, wait for exit (kill after ``timeout_s``); returns the exit code."""
+        if self.process is None:
+            return 0
+        self.terminate()
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            raise
+
+    def __enter__(self) -> RuntimeProcess:
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def running_runtime(repository: Path, *extra_args: str, **kwargs: object) -> Iterator[RuntimeProcess]:
+    server = RuntimeProcess(repository, extra_args, **kwargs)  # type: ignore[arg-type]
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
