@@ -88,7 +88,9 @@ class ArtifactStore:
     def temp_files(self) -> list[Path]:
         return sorted((self.root / TEMP_DIR).glob("upload-*"))
 
-    async def put(self, chunks: AsyncIterator[bytes], expected_digest: str, declared_size: int | None) -> StoredBlob:
+    async def put(
+        self, chunks: AsyncIterator[bytes], expected_digest: str, declared_size: int | None
+    ) -> StoredBlob:
         """Store a stream whose sha256 must be ``expected_digest``; raise (storing nothing) otherwise."""
         if declared_size is not None and declared_size > self.max_bytes:
             raise errors.PayloadTooLargeError(

@@ -54,7 +54,13 @@ ANONYMOUS = Principal(name="anonymous", scopes=("read",))
 
 
 def require(principal: Principal, scope: str, model_name: str | None = None) -> None:
-    """Raise 403 unless ``principal`` has ``scope`` (or higher) and may touch ``model_name``."""
+    """Raise 403 unless ``principal`` has ``scope`` (or higher) and may touch ``model_name``.
+
+    An anonymous caller (anonymous read switched on) asking for more than read gets 401: a token
+    would help, so that is the answer that tells them what to do.
+    """
+    if principal is ANONYMOUS and not principal.has_scope(scope):
+        raise errors.UnauthorizedError(f"this operation needs a token with the {scope!r} scope")
     if not principal.has_scope(scope):
         raise errors.ForbiddenError(
             f"this operation needs the {scope!r} scope; token {principal.name!r} has {list(principal.scopes)}"

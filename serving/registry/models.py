@@ -177,9 +177,7 @@ class DeploymentRecord(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    version_id: Mapped[int] = mapped_column(
-        ForeignKey("model_versions.id", ondelete="RESTRICT"), index=True
-    )
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="RESTRICT"), index=True)
     namespace: Mapped[str] = mapped_column(String(253))
     deployment: Mapped[str] = mapped_column(String(253))
     reported_by: Mapped[str] = mapped_column(String(128))

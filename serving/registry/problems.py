@@ -54,7 +54,12 @@ def problem_response(
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     body = Problem(
-        type=problem_type(slug), title=title, status=status, detail=detail, instance=instance, errors=field_errors
+        type=problem_type(slug),
+        title=title,
+        status=status,
+        detail=detail,
+        instance=instance,
+        errors=field_errors,
     )
     return JSONResponse(
         body.model_dump(exclude_none=True), status_code=status, media_type=MEDIA_TYPE, headers=headers
@@ -75,7 +80,9 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     raw = exc.errors()
     field_errors = [
-        FieldError(loc=_jsonable_loc(e.get("loc", ())), msg=str(e.get("msg", "")), type=str(e.get("type", "")))
+        FieldError(
+            loc=_jsonable_loc(e.get("loc", ())), msg=str(e.get("msg", "")), type=str(e.get("type", ""))
+        )
         for e in raw
     ]
     if any(e.type == "json_invalid" for e in field_errors):
@@ -88,7 +95,9 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
             field_errors,
         )
     summary = "; ".join(f"{'.'.join(str(p) for p in e.loc)}: {e.msg}" for e in field_errors[:5])
-    return problem_response(422, "validation-error", "Validation error", summary, request.url.path, field_errors)
+    return problem_response(
+        422, "validation-error", "Validation error", summary, request.url.path, field_errors
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

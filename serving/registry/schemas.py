@@ -201,9 +201,9 @@ class DeploymentPublic(BaseModel):
 class TokenCreate(Strict):
     name: ModelName
     scopes: Annotated[list[Scope], Field(min_length=1, max_length=3)]
-    name_prefixes: Annotated[list[Annotated[str, Field(max_length=128), AfterValidator(_clean_text)]], Field(max_length=32)] = (
-        Field(default_factory=list, description="Model-name prefixes the token is limited to (empty: all)")
-    )
+    name_prefixes: Annotated[
+        list[Annotated[str, Field(max_length=128), AfterValidator(_clean_text)]], Field(max_length=32)
+    ] = Field(default_factory=list, description="Model-name prefixes the token is limited to (empty: all)")
 
 
 class TokenPublic(BaseModel):

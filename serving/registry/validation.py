@@ -12,7 +12,7 @@ import urllib.parse
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,126}[A-Za-z0-9])?$"
 ALIAS_PATTERN = r"^[a-z](?:[a-z0-9-]{0,62}[a-z0-9])?$"
-TAG_KEY_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$"
+TAG_KEY_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,126}[A-Za-z0-9])?$"
 FILENAME_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,253}[A-Za-z0-9])?$"
 K8S_NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?$"
 SOURCE_SCHEMES = frozenset({"runs", "models", "s3", "gs", "gcs", "azure", "hf", "oci", "http", "https"})
@@ -54,7 +54,7 @@ def check_alias(name: str) -> str:
 def check_tag_key(key: str) -> str:
     if not _TAG_KEY_RE.fullmatch(key):
         raise ValueError(
-            "tag key must be 1-128 characters of letters, digits, '.', '_', '/' or '-', "
+            "tag key must be 1-128 characters of letters, digits, '.', '_' or '-', "
             "starting and ending with a letter or digit"
         )
     _no_dot_segments(key, "tag key")
@@ -109,7 +109,9 @@ def check_source(source: str) -> str:
     scheme = parsed.scheme.lower()
     if scheme not in SOURCE_SCHEMES:
         raise ValueError(
-            "source must be a URI with one of the schemes " + ", ".join(sorted(SOURCE_SCHEMES)) + " (not a local path)"
+            "source must be a URI with one of the schemes "
+            + ", ".join(sorted(SOURCE_SCHEMES))
+            + " (not a local path)"
         )
     if scheme in {"runs", "models"}:
         if parsed.netloc or not parsed.path.startswith("/") or parsed.path.startswith("//"):

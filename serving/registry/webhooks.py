@@ -36,7 +36,9 @@ SIGNATURE_HEADER = "X-Modelplane-Signature"
 TIMESTAMP_HEADER = "X-Modelplane-Timestamp"
 EVENT_HEADER = "X-Modelplane-Event"
 DELIVERY_HEADER = "X-Modelplane-Delivery"
-METADATA_ADDRESSES = frozenset({ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")})
+METADATA_ADDRESSES = frozenset(
+    {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
+)
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str], Iterable[str]]
@@ -60,7 +62,11 @@ def address_refusal(addr: Address, allow_loopback: bool) -> str | None:
     if addr.is_multicast:
         return "is multicast"
     if addr.is_loopback:
-        return None if allow_loopback else "is loopback (start the registry with webhook loopback allowed to use it)"
+        return (
+            None
+            if allow_loopback
+            else "is loopback (start the registry with webhook loopback allowed to use it)"
+        )
     if addr.is_reserved:
         return "is reserved"
     return None

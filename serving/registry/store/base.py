@@ -8,6 +8,7 @@ import datetime as dt
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from modelplane.serving.registry import schemas
 
@@ -21,12 +22,15 @@ class TokenRecord:
     revoked: bool
 
 
+B = TypeVar("B", schemas.ModelPublic, schemas.VersionPublic)
+
+
 @dataclass(frozen=True)
-class Versioned:
-    """A resource and its revision (the ETag is derived from the revision)."""
+class Versioned(Generic[B]):
+    """A resource and its ETag (derived from its revision)."""
 
     etag: str
-    body: schemas.ModelPublic | schemas.VersionPublic
+    body: B
 
 
 @dataclass(frozen=True)
@@ -63,9 +67,9 @@ class RegistryStore(ABC):
 
     # models
     @abstractmethod
-    def create_model(self, actor: str, data: schemas.ModelCreate) -> Versioned: ...
+    def create_model(self, actor: str, data: schemas.ModelCreate) -> Versioned[schemas.ModelPublic]: ...
     @abstractmethod
-    def get_model(self, name: str) -> Versioned: ...
+    def get_model(self, name: str) -> Versioned[schemas.ModelPublic]: ...
     @abstractmethod
     def list_models(
         self,
@@ -78,17 +82,21 @@ class RegistryStore(ABC):
     @abstractmethod
     def update_model(
         self, actor: str, name: str, data: schemas.ModelUpdate, if_match: str | None
-    ) -> Versioned: ...
+    ) -> Versioned[schemas.ModelPublic]: ...
     @abstractmethod
     def delete_model(self, actor: str, name: str, if_match: str | None) -> None: ...
     @abstractmethod
-    def set_model_tag(self, actor: str, name: str, key: str, value: str | None) -> Versioned: ...
+    def set_model_tag(
+        self, actor: str, name: str, key: str, value: str | None
+    ) -> Versioned[schemas.ModelPublic]: ...
 
     # versions
     @abstractmethod
-    def create_version(self, actor: str, name: str, data: schemas.VersionCreate) -> Versioned: ...
+    def create_version(
+        self, actor: str, name: str, data: schemas.VersionCreate
+    ) -> Versioned[schemas.VersionPublic]: ...
     @abstractmethod
-    def get_version(self, name: str, version: int) -> Versioned: ...
+    def get_version(self, name: str, version: int) -> Versioned[schemas.VersionPublic]: ...
     @abstractmethod
     def list_versions(
         self, flt: VersionFilter, after: int | None, limit: int
@@ -96,15 +104,19 @@ class RegistryStore(ABC):
     @abstractmethod
     def update_version(
         self, actor: str, name: str, version: int, data: schemas.VersionUpdate, if_match: str | None
-    ) -> Versioned: ...
+    ) -> Versioned[schemas.VersionPublic]: ...
     @abstractmethod
     def delete_version(self, actor: str, name: str, version: int, if_match: str | None) -> None: ...
     @abstractmethod
-    def set_version_tag(self, actor: str, name: str, version: int, key: str, value: str | None) -> Versioned: ...
+    def set_version_tag(
+        self, actor: str, name: str, version: int, key: str, value: str | None
+    ) -> Versioned[schemas.VersionPublic]: ...
     @abstractmethod
     def check_upload_allowed(self, name: str, version: int) -> None: ...
     @abstractmethod
-    def attach_artifact(self, actor: str, name: str, version: int, artifact: ArtifactRef) -> Versioned: ...
+    def attach_artifact(
+        self, actor: str, name: str, version: int, artifact: ArtifactRef
+    ) -> Versioned[schemas.VersionPublic]: ...
     @abstractmethod
     def get_artifact(self, name: str, version: int) -> ArtifactRef: ...
 
@@ -126,7 +138,9 @@ class RegistryStore(ABC):
         self, actor: str, name: str, version: int, namespace: str, deployment: str
     ) -> schemas.DeploymentPublic: ...
     @abstractmethod
-    def remove_deployment(self, actor: str, name: str, version: int, namespace: str, deployment: str) -> None: ...
+    def remove_deployment(
+        self, actor: str, name: str, version: int, namespace: str, deployment: str
+    ) -> None: ...
     @abstractmethod
     def list_deployments(self, name: str) -> list[schemas.DeploymentPublic]: ...
 
@@ -150,7 +164,9 @@ class RegistryStore(ABC):
 
     # webhooks
     @abstractmethod
-    def create_webhook(self, actor: str, url: str, events: list[str], secret: str) -> schemas.WebhookPublic: ...
+    def create_webhook(
+        self, actor: str, url: str, events: list[str], secret: str
+    ) -> schemas.WebhookPublic: ...
     @abstractmethod
     def list_webhooks(self) -> list[schemas.WebhookPublic]: ...
     @abstractmethod

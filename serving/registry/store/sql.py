@@ -179,11 +179,11 @@ class SqlStore(RegistryStore):
             updated_at=row.updated_at,
         )
 
-    def _model_versioned(self, session: Session, row: RegisteredModel) -> Versioned:
+    def _model_versioned(self, session: Session, row: RegisteredModel) -> Versioned[schemas.ModelPublic]:
         aliases = self._aliases_by_model(session, [row.id])[row.id]
         return Versioned(model_etag(row), self._model_public(row, aliases))
 
-    def _version_versioned(self, session: Session, row: ModelVersion) -> Versioned:
+    def _version_versioned(self, session: Session, row: ModelVersion) -> Versioned[schemas.VersionPublic]:
         aliases = self._aliases_by_version(session, [row.id])[row.id]
         return Versioned(version_etag(row), self._version_public(row, aliases))
 
@@ -220,11 +220,13 @@ class SqlStore(RegistryStore):
         """Queue one delivery per subscribed webhook, inside the transaction of the event itself."""
         for hook in session.scalars(select(Webhook).where(Webhook.active.is_(True))):
             if event in hook.events:
-                session.add(WebhookDelivery(webhook_id=hook.id, event=event, payload={"event": event, **payload}))
+                session.add(
+                    WebhookDelivery(webhook_id=hook.id, event=event, payload={"event": event, **payload})
+                )
 
     # --- models -------------------------------------------------------------------------------
 
-    def create_model(self, actor: str, data: schemas.ModelCreate) -> Versioned:
+    def create_model(self, actor: str, data: schemas.ModelCreate) -> Versioned[schemas.ModelPublic]:
         try:
             with self.db.write() as s:
                 now = utcnow()
@@ -248,7 +250,7 @@ class SqlStore(RegistryStore):
                 raise errors.AlreadyExistsError(f"model {data.name!r} already exists") from exc
             raise
 
-    def get_model(self, name: str) -> Versioned:
+    def get_model(self, name: str) -> Versioned[schemas.ModelPublic]:
         with self.db.read() as s:
             return self._model_versioned(s, self._model_row(s, name))
 
@@ -280,7 +282,9 @@ class SqlStore(RegistryStore):
             items = [self._model_public(r, aliases[r.id]) for r in rows]
         return items, (rows[-1].id if more and rows else None)
 
-    def update_model(self, actor: str, name: str, data: schemas.ModelUpdate, if_match: str | None) -> Versioned:
+    def update_model(
+        self, actor: str, name: str, data: schemas.ModelUpdate, if_match: str | None
+    ) -> Versioned[schemas.ModelPublic]:
         with self.db.write() as s:
             row = self._model_row(s, name, lock=True)
             _check_if_match(if_match, model_etag(row))
@@ -314,7 +318,9 @@ class SqlStore(RegistryStore):
             s.execute(delete(RegisteredModel).where(RegisteredModel.id == row.id))
             self._audit(s, actor, "model.delete", "model", name, before=before)
 
-    def set_model_tag(self, actor: str, name: str, key: str, value: str | None) -> Versioned:
+    def set_model_tag(
+        self, actor: str, name: str, key: str, value: str | None
+    ) -> Versioned[schemas.ModelPublic]:
         with self.db.write() as s:
             row = self._model_row(s, name, lock=True)
             before = self._model_versioned(s, row).body
@@ -337,7 +343,9 @@ class SqlStore(RegistryStore):
 
     # --- versions -----------------------------------------------------------------------------
 
-    def create_version(self, actor: str, name: str, data: schemas.VersionCreate) -> Versioned:
+    def create_version(
+        self, actor: str, name: str, data: schemas.VersionCreate
+    ) -> Versioned[schemas.VersionPublic]:
         last_exc: Exception | None = None
         for attempt in range(VERSION_CREATE_ATTEMPTS):
             try:
@@ -357,7 +365,9 @@ class SqlStore(RegistryStore):
             "retry the request"
         ) from last_exc
 
-    def _create_version_once(self, actor: str, name: str, data: schemas.VersionCreate) -> Versioned:
+    def _create_version_once(
+        self, actor: str, name: str, data: schemas.VersionCreate
+    ) -> Versioned[schemas.VersionPublic]:
         with self.db.write() as s:
             allocated = s.execute(
                 update(RegisteredModel)
@@ -396,7 +406,7 @@ class SqlStore(RegistryStore):
             self._enqueue(s, "version.created", {"model": name, "version": number, "actor": actor})
             return result
 
-    def get_version(self, name: str, version: int) -> Versioned:
+    def get_version(self, name: str, version: int) -> Versioned[schemas.VersionPublic]:
         with self.db.read() as s:
             return self._version_versioned(s, self._version_row(s, name, version))
 
@@ -442,7 +452,7 @@ class SqlStore(RegistryStore):
 
     def update_version(
         self, actor: str, name: str, version: int, data: schemas.VersionUpdate, if_match: str | None
-    ) -> Versioned:
+    ) -> Versioned[schemas.VersionPublic]:
         with self.db.write() as s:
             row = self._version_row(s, name, version, lock=True)
             _check_if_match(if_match, version_etag(row))
@@ -470,7 +480,9 @@ class SqlStore(RegistryStore):
             row.updated_at = utcnow()
             s.flush()
             result = self._version_versioned(s, row)
-            self._audit(s, actor, "version.update", "version", f"{name}/{version}", before=before, after=result.body)
+            self._audit(
+                s, actor, "version.update", "version", f"{name}/{version}", before=before, after=result.body
+            )
             if became_ready:
                 self._enqueue(s, "version.ready", {"model": name, "version": version, "actor": actor})
             return result
@@ -479,7 +491,9 @@ class SqlStore(RegistryStore):
         with self.db.write() as s:
             row = self._version_row(s, name, version, lock=True)
             _check_if_match(if_match, version_etag(row))
-            deployed = s.scalars(select(DeploymentRecord).where(DeploymentRecord.version_id == row.id).limit(5)).all()
+            deployed = s.scalars(
+                select(DeploymentRecord).where(DeploymentRecord.version_id == row.id).limit(5)
+            ).all()
             if deployed:
                 names = ", ".join(f"{d.namespace}/{d.deployment}" for d in deployed)
                 raise errors.InUseError(f"version {version} of {name!r} is in use by deployments ({names})")
@@ -492,7 +506,9 @@ class SqlStore(RegistryStore):
             s.execute(delete(ModelVersion).where(ModelVersion.id == row.id))
             self._audit(s, actor, "version.delete", "version", f"{name}/{version}", before=before)
 
-    def set_version_tag(self, actor: str, name: str, version: int, key: str, value: str | None) -> Versioned:
+    def set_version_tag(
+        self, actor: str, name: str, version: int, key: str, value: str | None
+    ) -> Versioned[schemas.VersionPublic]:
         with self.db.write() as s:
             row = self._version_row(s, name, version, lock=True)
             before = self._version_versioned(s, row).body
@@ -522,7 +538,9 @@ class SqlStore(RegistryStore):
                     "version is READY or FAILED: create a new version"
                 )
 
-    def attach_artifact(self, actor: str, name: str, version: int, artifact: ArtifactRef) -> Versioned:
+    def attach_artifact(
+        self, actor: str, name: str, version: int, artifact: ArtifactRef
+    ) -> Versioned[schemas.VersionPublic]:
         with self.db.write() as s:
             row = self._version_row(s, name, version, lock=True)
             if row.status != "PENDING":
@@ -539,7 +557,13 @@ class SqlStore(RegistryStore):
             s.flush()
             result = self._version_versioned(s, row)
             self._audit(
-                s, actor, "version.artifact.upload", "version", f"{name}/{version}", before=before, after=result.body
+                s,
+                actor,
+                "version.artifact.upload",
+                "version",
+                f"{name}/{version}",
+                before=before,
+                after=result.body,
             )
             self._enqueue(
                 s,
@@ -552,15 +576,23 @@ class SqlStore(RegistryStore):
         with self.db.read() as s:
             row = self._version_row(s, name, version)
             if row.artifact_digest is None or row.status != "READY":
-                raise errors.NotFoundError(f"version {version} of {name!r} has no artifact (status {row.status})")
-            return ArtifactRef(row.artifact_digest, row.artifact_size or 0, row.artifact_filename or "artifact")
+                raise errors.NotFoundError(
+                    f"version {version} of {name!r} has no artifact (status {row.status})"
+                )
+            return ArtifactRef(
+                row.artifact_digest, row.artifact_size or 0, row.artifact_filename or "artifact"
+            )
 
     # --- aliases ------------------------------------------------------------------------------
 
     @staticmethod
     def _alias_public(name: str, row: Alias) -> schemas.AliasPublic:
         return schemas.AliasPublic(
-            model=name, alias=row.name, version=row.version.version, updated_by=row.updated_by, updated_at=row.updated_at
+            model=name,
+            alias=row.name,
+            version=row.version.version,
+            updated_by=row.updated_by,
+            updated_at=row.updated_at,
         )
 
     def set_alias(self, actor: str, name: str, alias: str, version: int) -> schemas.AliasPublic:
@@ -570,7 +602,9 @@ class SqlStore(RegistryStore):
             current = s.get(Alias, (model.id, alias))
             previous = current.version.version if current is not None else None
             if current is None:
-                current = Alias(model_id=model.id, name=alias, version_id=target.id, updated_by=actor, updated_at=utcnow())
+                current = Alias(
+                    model_id=model.id, name=alias, version_id=target.id, updated_by=actor, updated_at=utcnow()
+                )
                 s.add(current)
             else:
                 current.version_id = target.id
@@ -579,11 +613,21 @@ class SqlStore(RegistryStore):
             s.flush()
             s.refresh(current, ["version"])
             if previous != version:
-                s.add(AliasEvent(model_id=model.id, alias=alias, from_version=previous, to_version=version, actor=actor))
+                s.add(
+                    AliasEvent(
+                        model_id=model.id, alias=alias, from_version=previous, to_version=version, actor=actor
+                    )
+                )
                 self._enqueue(
                     s,
                     "alias.moved",
-                    {"model": name, "alias": alias, "from_version": previous, "to_version": version, "actor": actor},
+                    {
+                        "model": name,
+                        "alias": alias,
+                        "from_version": previous,
+                        "to_version": version,
+                        "actor": actor,
+                    },
                 )
             result = self._alias_public(name, current)
             self._audit(
@@ -623,7 +667,11 @@ class SqlStore(RegistryStore):
                 raise errors.NotFoundError(f"model {name!r} has no alias {alias!r}")
             previous = row.version.version
             s.delete(row)
-            s.add(AliasEvent(model_id=model.id, alias=alias, from_version=previous, to_version=None, actor=actor))
+            s.add(
+                AliasEvent(
+                    model_id=model.id, alias=alias, from_version=previous, to_version=None, actor=actor
+                )
+            )
             self._audit(s, actor, "alias.delete", "alias", f"{name}@{alias}", before={"version": previous})
 
     def alias_history(self, name: str, alias: str) -> list[schemas.AliasEventPublic]:
@@ -637,7 +685,11 @@ class SqlStore(RegistryStore):
             )
             return [
                 schemas.AliasEventPublic(
-                    alias=r.alias, from_version=r.from_version, to_version=r.to_version, actor=r.actor, at=r.at
+                    alias=r.alias,
+                    from_version=r.from_version,
+                    to_version=r.to_version,
+                    actor=r.actor,
+                    at=r.at,
                 )
                 for r in rows
             ]
@@ -658,7 +710,11 @@ class SqlStore(RegistryStore):
             ).one_or_none()
             if rec is None:
                 rec = DeploymentRecord(
-                    version_id=row.id, namespace=namespace, deployment=deployment, reported_by=actor, reported_at=utcnow()
+                    version_id=row.id,
+                    namespace=namespace,
+                    deployment=deployment,
+                    reported_by=actor,
+                    reported_at=utcnow(),
                 )
                 s.add(rec)
                 self._audit(
@@ -777,12 +833,18 @@ class SqlStore(RegistryStore):
             if row is None:
                 return None
             return TokenRecord(
-                row.id, row.name, tuple(row.scopes), tuple(row.name_prefixes), revoked=row.revoked_at is not None
+                row.id,
+                row.name,
+                tuple(row.scopes),
+                tuple(row.name_prefixes),
+                revoked=row.revoked_at is not None,
             )
 
     def list_tokens(self) -> list[schemas.TokenPublic]:
         with self.db.read() as s:
-            return [self._token_public(r) for r in s.scalars(select(ApiToken).order_by(ApiToken.id).limit(10_000))]
+            return [
+                self._token_public(r) for r in s.scalars(select(ApiToken).order_by(ApiToken.id).limit(10_000))
+            ]
 
     def revoke_token(self, actor: str, token_id: int) -> None:
         with self.db.write() as s:
@@ -846,7 +908,9 @@ class SqlStore(RegistryStore):
 
     def list_webhooks(self) -> list[schemas.WebhookPublic]:
         with self.db.read() as s:
-            return [self._webhook_public(r) for r in s.scalars(select(Webhook).order_by(Webhook.id).limit(10_000))]
+            return [
+                self._webhook_public(r) for r in s.scalars(select(Webhook).order_by(Webhook.id).limit(10_000))
+            ]
 
     def delete_webhook(self, actor: str, webhook_id: int) -> None:
         with self.db.write() as s:
