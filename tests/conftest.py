@@ -1,1 +1,1 @@
-pytest_plugins = ["modelplane.testing.fixtures"]
+pytest_plugins = ["modelplane.testing.fixtures", "modelplane.testing.registry_fixtures"]

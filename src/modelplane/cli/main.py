@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from modelplane import __version__
+from modelplane.cli.registry import app as registry_app
 
 app = typer.Typer(
     name="modelplane",
@@ -17,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 console = Console()
+app.add_typer(registry_app, name="registry")
 err_console = Console(stderr=True)
 
 
