@@ -33,7 +33,8 @@ def parse_digest(value: str) -> str:
         candidate = candidate[len("sha256:") :]
     if not HEX_RE.fullmatch(candidate):
         raise errors.InvalidInputError(
-            "the artifact digest must be 'sha256:' followed by 64 hex characters (the sha256 of the bytes sent)"
+            "the artifact digest must be 'sha256:' followed by 64 hex characters "
+            "(the sha256 of the bytes sent)"
         )
     return "sha256:" + candidate
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from modelplane.serving.registry import errors
 
-TOKEN_PREFIX = "mpr_"
+TOKEN_PREFIX = "mpr_"  # noqa: S105 - a marker, not a secret
 BOOTSTRAP_ENV = "MODELPLANE_REGISTRY_BOOTSTRAP_TOKEN"
 BOOTSTRAP_NAME = "bootstrap"
 SCOPE_RANK = {"read": 1, "write": 2, "admin": 3}
@@ -67,7 +67,8 @@ def require(principal: Principal, scope: str, model_name: str | None = None) -> 
         )
     if model_name is not None and not principal.may_touch(model_name):
         raise errors.ForbiddenError(
-            f"token {principal.name!r} is limited to model names starting with {list(principal.name_prefixes)}"
+            f"token {principal.name!r} is limited to model names starting with "
+            f"{list(principal.name_prefixes)}"
         )
 
 

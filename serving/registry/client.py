@@ -51,7 +51,11 @@ class RegistryClient:
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(
-            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport, trust_env=False
+            base_url=base_url.rstrip("/"),
+            headers=headers,
+            timeout=timeout,
+            transport=transport,
+            trust_env=False,
         )
 
     def close(self) -> None:
@@ -80,7 +84,9 @@ class RegistryClient:
 
     # --- models -------------------------------------------------------------------------------
 
-    def create_model(self, name: str, description: str = "", tags: dict[str, str] | None = None) -> schemas.ModelPublic:
+    def create_model(
+        self, name: str, description: str = "", tags: dict[str, str] | None = None
+    ) -> schemas.ModelPublic:
         body = {"name": name, "description": description, "tags": tags or {}}
         return self._typed(schemas.ModelPublic, "POST", "/api/v1/models", json=body)
 
@@ -113,7 +119,9 @@ class RegistryClient:
         self._request("DELETE", f"/api/v1/models/{name}")
 
     def set_model_tag(self, name: str, key: str, value: str) -> schemas.ModelPublic:
-        return self._typed(schemas.ModelPublic, "PUT", f"/api/v1/models/{name}/tags/{key}", json={"value": value})
+        return self._typed(
+            schemas.ModelPublic, "PUT", f"/api/v1/models/{name}/tags/{key}", json={"value": value}
+        )
 
     # --- versions -----------------------------------------------------------------------------
 
@@ -125,7 +133,9 @@ class RegistryClient:
     def get_version(self, name: str, version: int) -> schemas.VersionPublic:
         return self._typed(schemas.VersionPublic, "GET", f"/api/v1/models/{name}/versions/{version}")
 
-    def list_versions(self, name: str, page_size: int = 100, **filters: Any) -> Iterator[schemas.VersionPublic]:
+    def list_versions(
+        self, name: str, page_size: int = 100, **filters: Any
+    ) -> Iterator[schemas.VersionPublic]:
         params: dict[str, Any] = {"limit": page_size, **{k: v for k, v in filters.items() if v is not None}}
         yield from self._pages(f"/api/v1/models/{name}/versions", params, schemas.VersionPublic)
 
@@ -150,7 +160,10 @@ class RegistryClient:
 
     def set_version_tag(self, name: str, version: int, key: str, value: str) -> schemas.VersionPublic:
         return self._typed(
-            schemas.VersionPublic, "PUT", f"/api/v1/models/{name}/versions/{version}/tags/{key}", json={"value": value}
+            schemas.VersionPublic,
+            "PUT",
+            f"/api/v1/models/{name}/versions/{version}/tags/{key}",
+            json={"value": value},
         )
 
     # --- artifacts ----------------------------------------------------------------------------
@@ -192,25 +205,30 @@ class RegistryClient:
         """Download to ``dest`` atomically, verifying the sha256 the registry announces."""
         info = self.get_version(name, version).artifact
         if info is None:
-            raise RegistryClientError(404, {"title": "No artifact", "detail": f"{name}/{version} has no artifact"})
+            raise RegistryClientError(
+                404, {"title": "No artifact", "detail": f"{name}/{version} has no artifact"}
+            )
         dest.parent.mkdir(parents=True, exist_ok=True)
         hasher = hashlib.sha256()
         fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=".download-")
         try:
-            with os.fdopen(fd, "wb") as out:
-                with self._http.stream("GET", f"/api/v1/models/{name}/versions/{version}/artifact") as response:
-                    if response.status_code >= 400:
-                        response.read()
-                        raise _error(response)
-                    for chunk in response.iter_bytes(CHUNK):
-                        hasher.update(chunk)
-                        out.write(chunk)
-                        if progress is not None:
-                            progress(len(chunk))
+            with (
+                os.fdopen(fd, "wb") as out,
+                self._http.stream("GET", f"/api/v1/models/{name}/versions/{version}/artifact") as response,
+            ):
+                if response.status_code >= 400:
+                    response.read()
+                    raise _error(response)
+                for chunk in response.iter_bytes(CHUNK):
+                    hasher.update(chunk)
+                    out.write(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
             actual = "sha256:" + hasher.hexdigest()
             if actual != info.digest:
                 raise RegistryClientError(
-                    502, {"title": "Digest mismatch", "detail": f"downloaded {actual}, expected {info.digest}"}
+                    502,
+                    {"title": "Digest mismatch", "detail": f"downloaded {actual}, expected {info.digest}"},
                 )
             os.replace(tmp_name, dest)
         except BaseException:
@@ -232,7 +250,10 @@ class RegistryClient:
         return self._typed(schemas.VersionPublic, "GET", f"/api/v1/models/{name}/aliases/{alias}/version")
 
     def list_aliases(self, name: str) -> list[schemas.AliasPublic]:
-        return [schemas.AliasPublic.model_validate(a) for a in self._request("GET", f"/api/v1/models/{name}/aliases").json()]
+        return [
+            schemas.AliasPublic.model_validate(a)
+            for a in self._request("GET", f"/api/v1/models/{name}/aliases").json()
+        ]
 
     def delete_alias(self, name: str, alias: str) -> None:
         self._request("DELETE", f"/api/v1/models/{name}/aliases/{alias}")
@@ -241,7 +262,9 @@ class RegistryClient:
         rows = self._request("GET", f"/api/v1/models/{name}/aliases/{alias}/history").json()
         return [schemas.AliasEventPublic.model_validate(r) for r in rows]
 
-    def resolve(self, name: str, version: int | None = None, alias: str | None = None) -> schemas.VersionPublic:
+    def resolve(
+        self, name: str, version: int | None = None, alias: str | None = None
+    ) -> schemas.VersionPublic:
         """The version a model reference names: exactly one of ``version`` or ``alias``."""
         if (version is None) == (alias is None):
             raise ValueError("give exactly one of version or alias")
@@ -252,7 +275,9 @@ class RegistryClient:
 
     # --- deployments --------------------------------------------------------------------------
 
-    def report_deployment(self, name: str, version: int, namespace: str, deployment: str) -> schemas.DeploymentPublic:
+    def report_deployment(
+        self, name: str, version: int, namespace: str, deployment: str
+    ) -> schemas.DeploymentPublic:
         return self._typed(
             schemas.DeploymentPublic,
             "PUT",
@@ -260,7 +285,9 @@ class RegistryClient:
         )
 
     def remove_deployment(self, name: str, version: int, namespace: str, deployment: str) -> None:
-        self._request("DELETE", f"/api/v1/models/{name}/versions/{version}/deployments/{namespace}/{deployment}")
+        self._request(
+            "DELETE", f"/api/v1/models/{name}/versions/{version}/deployments/{namespace}/{deployment}"
+        )
 
     def list_deployments(self, name: str) -> list[schemas.DeploymentPublic]:
         rows = self._request("GET", f"/api/v1/models/{name}/deployments").json()
@@ -286,7 +313,9 @@ class RegistryClient:
             params["object_id"] = object_id
         yield from self._pages("/api/v1/audit", params, schemas.AuditPublic)
 
-    def create_webhook(self, url: str, events: list[str], secret: str | None = None) -> schemas.WebhookCreated:
+    def create_webhook(
+        self, url: str, events: list[str], secret: str | None = None
+    ) -> schemas.WebhookCreated:
         body: dict[str, Any] = {"url": url, "events": events}
         if secret:
             body["secret"] = secret

@@ -7,6 +7,7 @@ unexpected into problem documents; validation problems carry field-level ``error
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -51,7 +52,7 @@ def problem_response(
     detail: str = "",
     instance: str | None = None,
     field_errors: list[FieldError] | None = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     body = Problem(
         type=problem_type(slug),

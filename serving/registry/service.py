@@ -17,7 +17,7 @@ from modelplane.serving.registry import auth, errors, schemas, webhooks
 from modelplane.serving.registry.artifacts import ArtifactStore, parse_digest
 from modelplane.serving.registry.auth import Principal
 from modelplane.serving.registry.config import Settings
-from modelplane.serving.registry.store.base import ArtifactRef, RegistryStore, VersionFilter, Versioned
+from modelplane.serving.registry.store.base import ArtifactRef, RegistryStore, Versioned, VersionFilter
 from modelplane.serving.registry.validation import check_filename
 
 
@@ -62,7 +62,8 @@ class RegistryService:
             return
         if len(token) < auth.MIN_BOOTSTRAP_LENGTH:
             raise ValueError(
-                f"{auth.BOOTSTRAP_ENV} must be at least {auth.MIN_BOOTSTRAP_LENGTH} characters (use a random secret)"
+                f"{auth.BOOTSTRAP_ENV} must be at least {auth.MIN_BOOTSTRAP_LENGTH} characters "
+                "(use a random secret)"
             )
         data = schemas.TokenCreate(name=auth.BOOTSTRAP_NAME, scopes=["admin"])
         existing = self.store.find_token(auth.hash_token(token))
@@ -197,7 +198,8 @@ class RegistryService:
         path = self.artifacts.blob_path(ref.digest)
         if not path.is_file():
             raise errors.UnavailableError(
-                f"the artifact {ref.digest} of {name}/{version} is recorded but missing from the artifact store"
+                f"the artifact {ref.digest} of {name}/{version} is recorded but missing "
+                "from the artifact store"
             )
         return ref, str(path)
 

@@ -89,17 +89,22 @@ def validate_url(url: str, allow_loopback: bool, resolver: Resolver = _resolve) 
     try:
         addresses = [ipaddress.ip_address(host)]
     except ValueError:
-        try:
-            addresses = [ipaddress.ip_address(a.split("%", 1)[0]) for a in resolver(host)]
-        except (OSError, UnicodeError) as exc:
-            raise errors.InvalidInputError(f"webhook host {host!r} does not resolve: {exc}") from exc
-        if not addresses:
-            raise errors.InvalidInputError(f"webhook host {host!r} does not resolve")
+        addresses = _resolve_addresses(host, resolver)
     for addr in addresses:
         why = address_refusal(addr, allow_loopback)
         if why is not None:
             raise errors.InvalidInputError(f"webhook host {host!r} resolves to {addr}, which {why}")
     return url
+
+
+def _resolve_addresses(host: str, resolver: Resolver) -> list[Address]:
+    try:
+        addresses = [ipaddress.ip_address(a.split("%", 1)[0]) for a in resolver(host)]
+    except (OSError, UnicodeError, ValueError) as exc:
+        raise errors.InvalidInputError(f"webhook host {host!r} does not resolve: {exc}") from exc
+    if not addresses:
+        raise errors.InvalidInputError(f"webhook host {host!r} does not resolve")
+    return addresses
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:

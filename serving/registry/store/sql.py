@@ -13,7 +13,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, delete, func, select, text, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -38,8 +38,8 @@ from modelplane.serving.registry.store.base import (
     DueDelivery,
     RegistryStore,
     TokenRecord,
-    VersionFilter,
     Versioned,
+    VersionFilter,
 )
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class SqlStore(RegistryStore):
             metrics=row.metrics,
             params=row.params,
             tags={t.key: t.value for t in row.tags},
-            status=row.status,  # type: ignore[arg-type]
+            status=row.status,
             status_message=row.status_message,
             artifact=artifact,
             aliases=aliases,
@@ -262,7 +262,7 @@ class SqlStore(RegistryStore):
         after: int | None,
         limit: int,
     ) -> tuple[list[schemas.ModelPublic], int | None]:
-        stmt: Select[tuple[RegisteredModel]] = select(RegisteredModel).order_by(RegisteredModel.id)
+        stmt = select(RegisteredModel).order_by(RegisteredModel.id)
         if name_prefix:
             stmt = stmt.where(RegisteredModel.name.startswith(name_prefix, autoescape=True))
         if allowed_prefixes:
@@ -461,7 +461,8 @@ class SqlStore(RegistryStore):
             if data.status is not None and data.status != row.status:
                 if row.status != "PENDING":
                     raise errors.InvalidStateError(
-                        f"version {version} of {name!r} is {row.status}; only a PENDING version changes status"
+                        f"version {version} of {name!r} is {row.status}; "
+                        "only a PENDING version changes status"
                     )
                 if data.status == "READY" and row.source is None and row.artifact_digest is None:
                     raise errors.InvalidStateError(
@@ -500,7 +501,8 @@ class SqlStore(RegistryStore):
             aliases = self._aliases_by_version(s, [row.id])[row.id]
             if aliases:
                 raise errors.InUseError(
-                    f"version {version} of {name!r} is the target of aliases {aliases}; move or delete them first"
+                    f"version {version} of {name!r} is the target of aliases {aliases}; "
+                    "move or delete them first"
                 )
             before = self._version_versioned(s, row).body
             s.execute(delete(ModelVersion).where(ModelVersion.id == row.id))
@@ -935,7 +937,7 @@ class SqlStore(RegistryStore):
                 schemas.DeliveryPublic(
                     id=r.id,
                     event=r.event,
-                    status=r.status,  # type: ignore[arg-type]
+                    status=r.status,
                     attempts=r.attempts,
                     last_status_code=r.last_status_code,
                     last_error=r.last_error,

@@ -24,11 +24,10 @@ app.add_typer(tokens_app, name="tokens")
 console = Console()
 err_console = Console(stderr=True)
 
-UrlOpt = Annotated[
-    str, typer.Option("--url", envvar="MODELPLANE_REGISTRY_URL", help="Registry base URL.")
-]
+UrlOpt = Annotated[str, typer.Option("--url", envvar="MODELPLANE_REGISTRY_URL", help="Registry base URL.")]
 TokenOpt = Annotated[
-    str | None, typer.Option("--token", envvar="MODELPLANE_REGISTRY_TOKEN", help="API token.", show_default=False)
+    str | None,
+    typer.Option("--token", envvar="MODELPLANE_REGISTRY_TOKEN", help="API token.", show_default=False),
 ]
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -61,14 +60,19 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
     database_url: Annotated[
         str | None,
-        typer.Option(help="SQLAlchemy URL: sqlite:///path.db or postgresql://user@host/db.", show_default=False),
+        typer.Option(
+            help="SQLAlchemy URL: sqlite:///path.db or postgresql://user@host/db.", show_default=False
+        ),
     ] = None,
     artifact_root: Annotated[
-        Path | None, typer.Option(help="Directory of the content-addressed artifact store.", show_default=False)
+        Path | None,
+        typer.Option(help="Directory of the content-addressed artifact store.", show_default=False),
     ] = None,
     max_artifact_bytes: Annotated[int | None, typer.Option(help="Largest artifact accepted.")] = None,
     anonymous_read: Annotated[bool, typer.Option(help="Allow reads without a token.")] = False,
-    webhook_allow_loopback: Annotated[bool, typer.Option(help="Allow webhooks to 127.0.0.0/8 and ::1.")] = False,
+    webhook_allow_loopback: Annotated[
+        bool, typer.Option(help="Allow webhooks to 127.0.0.0/8 and ::1.")
+    ] = False,
     log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
 ) -> None:
     """Run the registry (migrations run first; MODELPLANE_REGISTRY_BOOTSTRAP_TOKEN creates an admin token)."""
@@ -169,10 +173,17 @@ def versions_create(
 
 
 def _upload(c: Any, name: str, version: int, path: Path) -> Any:
-    columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    columns = (
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+    )
     with Progress(*columns, console=err_console) as progress:
         task = progress.add_task(f"upload {path.name}", total=path.stat().st_size)
-        return _run(lambda: c.upload_artifact(name, version, path, progress=lambda n: progress.advance(task, n)))
+        return _run(
+            lambda: c.upload_artifact(name, version, path, progress=lambda n: progress.advance(task, n))
+        )
 
 
 @versions_app.command("upload")
@@ -191,10 +202,17 @@ def versions_download(
     """Download a version's artifact to DEST, verifying its sha256."""
     with _client(url, token) as c:
         info = _run(lambda: c.get_version(name, version)).artifact
-        columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn())
+        columns = (
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+        )
         with Progress(*columns, console=err_console) as progress:
             task = progress.add_task(f"download {name}/{version}", total=info.size if info else None)
-            got = _run(lambda: c.download_artifact(name, version, dest, progress=lambda n: progress.advance(task, n)))
+            got = _run(
+                lambda: c.download_artifact(name, version, dest, progress=lambda n: progress.advance(task, n))
+            )
     console.print(f"{dest}: {got.size} bytes, {got.digest}")
 
 
@@ -218,7 +236,9 @@ def versions_get(name: str, version: int, url: UrlOpt = DEFAULT_URL, token: Toke
 
 
 @aliases_app.command("set")
-def aliases_set(name: str, alias: str, version: int, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
+def aliases_set(
+    name: str, alias: str, version: int, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None
+) -> None:
     with _client(url, token) as c:
         _print_json(_run(lambda: c.set_alias(name, alias, version)))
 
@@ -249,10 +269,14 @@ def aliases_delete(name: str, alias: str, url: UrlOpt = DEFAULT_URL, token: Toke
 def tokens_create(
     name: str,
     scope: Annotated[list[str], typer.Option(help="read, write or admin; repeatable")],
-    prefix: Annotated[list[str] | None, typer.Option(help="Limit to model names with this prefix; repeatable")] = None,
+    prefix: Annotated[
+        list[str] | None, typer.Option(help="Limit to model names with this prefix; repeatable")
+    ] = None,
     database_url: Annotated[
         str | None,
-        typer.Option(help="Create directly in this database (bootstrap, no server needed).", show_default=False),
+        typer.Option(
+            help="Create directly in this database (bootstrap, no server needed).", show_default=False
+        ),
     ] = None,
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = None,
@@ -267,7 +291,7 @@ def tokens_create(
         db = Database(database_url, pool_size=1)
         try:
             secret = auth.new_token()
-            data = schemas.TokenCreate(name=name, scopes=scope, name_prefixes=prefix or [])  # type: ignore[arg-type]
+            data = schemas.TokenCreate(name=name, scopes=scope, name_prefixes=prefix or [])
             public = SqlStore(db).create_token(os.environ.get("USER", "cli"), data, auth.hash_token(secret))
         finally:
             db.dispose()

@@ -19,7 +19,7 @@ import httpx
 from modelplane.serving.registry.client import RegistryClient
 from modelplane.testing.postgres import free_port
 
-ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"  # noqa: S105 - the test servers' bootstrap token
 START_TIMEOUT_S = 60.0
 
 

@@ -33,7 +33,10 @@ ROUTES: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
     ("PUT", "/api/v1/models/{name}/versions/{version}/tags/{key}"): ("write", {"json": {"value": "v"}}),
     ("DELETE", "/api/v1/models/{name}/versions/{version}/tags/{key}"): ("write", {}),
     ("PUT", "/api/v1/models/{name}/versions/{version}/deployments/{namespace}/{deployment}"): ("write", {}),
-    ("DELETE", "/api/v1/models/{name}/versions/{version}/deployments/{namespace}/{deployment}"): ("write", {}),
+    ("DELETE", "/api/v1/models/{name}/versions/{version}/deployments/{namespace}/{deployment}"): (
+        "write",
+        {},
+    ),
     ("GET", "/api/v1/models/{name}/deployments"): ("read", {}),
     ("GET", "/api/v1/models/{name}/aliases"): ("read", {}),
     ("PUT", "/api/v1/models/{name}/aliases/{alias}"): ("write", {"json": {"version": 1}}),
@@ -50,7 +53,10 @@ ROUTES: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
     ("GET", "/api/v1/tokens"): ("admin", {}),
     ("DELETE", "/api/v1/tokens/{token_id}"): ("admin", {}),
     ("GET", "/api/v1/audit"): ("admin", {}),
-    ("POST", "/api/v1/webhooks"): ("admin", {"json": {"url": "http://127.0.0.1:9/hook", "events": ["alias.moved"]}}),
+    ("POST", "/api/v1/webhooks"): (
+        "admin",
+        {"json": {"url": "http://127.0.0.1:9/hook", "events": ["alias.moved"]}},
+    ),
     ("GET", "/api/v1/webhooks"): ("admin", {}),
     ("DELETE", "/api/v1/webhooks/{webhook_id}"): ("admin", {}),
     ("GET", "/api/v1/webhooks/{webhook_id}/deliveries"): ("admin", {}),
@@ -62,7 +68,9 @@ RANK = {"read": 1, "write": 2, "admin": 3}
 def tokens(registry: RegistryProcess) -> dict[str, str]:
     """Tokens of each scope, one limited to the prefix 'team-a.', and a model the routes can address."""
     with registry.client() as admin:
-        out = {scope: admin.create_token(f"only-{scope}", [scope]).token for scope in ("read", "write", "admin")}
+        out = {
+            scope: admin.create_token(f"only-{scope}", [scope]).token for scope in ("read", "write", "admin")
+        }
         out["team-a"] = admin.create_token("team-a-writer", ["write"], ["team-a."]).token
         for model in ("authz", "team-a.model", "team-b.model"):
             admin.create_model(model)
@@ -116,7 +124,9 @@ def test_without_token_every_route_is_401(
 
 
 @pytest.mark.parametrize(("method", "path"), sorted(ROUTES))
-def test_too_small_a_scope_is_403(registry: RegistryProcess, tokens: dict[str, str], method: str, path: str) -> None:
+def test_too_small_a_scope_is_403(
+    registry: RegistryProcess, tokens: dict[str, str], method: str, path: str
+) -> None:
     needed, kwargs = ROUTES[(method, path)]
     for scope in ("read", "write"):
         if RANK[scope] >= RANK[needed]:

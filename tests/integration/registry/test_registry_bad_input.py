@@ -41,7 +41,15 @@ BAD_SOURCES = [
     "runs:/abc/..\\..\\x",
     "https://user:pw@host/x",
 ]
-BAD_FILENAMES = ["../escape.bin", "..\\escape.bin", "/etc/passwd", "%2e%2e%2fescape", "a/b", "a\x00b", ".hidden"]
+BAD_FILENAMES = [
+    "../escape.bin",
+    "..\\escape.bin",
+    "/etc/passwd",
+    "%2e%2e%2fescape",
+    "a/b",
+    "a\x00b",
+    ".hidden",
+]
 
 
 def sha(data: bytes) -> str:
@@ -56,7 +64,8 @@ def assert_problem(r: httpx.Response, status: int) -> dict[str, object]:
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == PROBLEM
     body = r.json()
-    assert body["status"] == status and str(body["type"]).startswith("https://modelplane.io/problems/")
+    assert body["status"] == status
+    assert str(body["type"]).startswith("https://modelplane.io/problems/")
     return dict(body)
 
 
@@ -77,7 +86,8 @@ def assert_still_works(http: httpx.Client) -> None:
 def test_bad_model_names_are_refused(http: httpx.Client, name: str) -> None:
     before = http.get("/api/v1/models", params={"limit": 1000}).json()["items"]
     body = assert_problem(http.post("/api/v1/models", json={"name": name}), 422)
-    assert body["errors"] and body["errors"][0]["loc"][:2] == ["body", "name"]  # type: ignore[index]
+    assert body["errors"]
+    assert body["errors"][0]["loc"][:2] == ["body", "name"]
     assert http.get("/api/v1/models", params={"limit": 1000}).json()["items"] == before
     assert_still_works(http)
 
@@ -94,7 +104,8 @@ def test_bad_model_names_are_refused(http: httpx.Client, name: str) -> None:
 )
 def test_traversal_in_url_paths_is_refused(http: httpx.Client, path: str) -> None:
     r = http.get(path)
-    assert 400 <= r.status_code < 500 and r.headers["content-type"] == PROBLEM, (r.status_code, r.text)
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)
+    assert r.headers["content-type"] == PROBLEM
     assert "root:" not in r.text
     assert_still_works(http)
 
@@ -111,10 +122,13 @@ def test_bad_sources_are_refused(http: httpx.Client, source: str) -> None:
 def test_good_sources_are_accepted(http: httpx.Client) -> None:
     for source in ["s3://bucket/models/resnet/1", "runs:/0a1b/model", "https://models.example.com/r.pt"]:
         r = http.post("/api/v1/models/target/versions", json={"source": source})
-        assert r.status_code == 201 and r.json()["source"] == source
+        assert r.status_code == 201
+        assert r.json()["source"] == source
 
 
-def test_bad_artifact_uploads_store_nothing(registry: RegistryProcess, http: httpx.Client, tmp_path: Path) -> None:
+def test_bad_artifact_uploads_store_nothing(
+    registry: RegistryProcess, http: httpx.Client, tmp_path: Path
+) -> None:
     version = http.post("/api/v1/models/target/versions", json={}).json()["version"]
     url = f"/api/v1/models/target/versions/{version}/artifact"
     root = registry.artifact_root
@@ -122,7 +136,9 @@ def test_bad_artifact_uploads_store_nothing(registry: RegistryProcess, http: htt
     data = b"weights" * 1000
 
     for filename in BAD_FILENAMES:
-        r = http.put(url, content=data, params={"filename": filename}, headers={"X-Checksum-Sha256": sha(data)})
+        r = http.put(
+            url, content=data, params={"filename": filename}, headers={"X-Checksum-Sha256": sha(data)}
+        )
         assert_problem(r, 400)
     assert_problem(http.put(url, content=data, headers={"X-Checksum-Sha256": sha(b"other")}), 400)
     assert_problem(http.put(url, content=data), 400)
@@ -143,8 +159,11 @@ def test_bad_artifact_uploads_store_nothing(registry: RegistryProcess, http: htt
     assert_problem(http.get(url), 404)
 
     exact = b"\1" * TEST_MAX_ARTIFACT_BYTES
-    r = http.put(url, content=exact, params={"filename": "exact.bin"}, headers={"X-Checksum-Sha256": sha(exact)})
-    assert r.status_code == 200 and r.json()["artifact"]["size"] == TEST_MAX_ARTIFACT_BYTES
+    r = http.put(
+        url, content=exact, params={"filename": "exact.bin"}, headers={"X-Checksum-Sha256": sha(exact)}
+    )
+    assert r.status_code == 200
+    assert r.json()["artifact"]["size"] == TEST_MAX_ARTIFACT_BYTES
     assert not any(p.startswith("tmp/") for p in snapshot(root))
 
 
@@ -178,7 +197,8 @@ def test_interrupted_upload_leaves_nothing(registry: RegistryProcess, http: http
     assert http.get(f"/api/v1/models/target/versions/{version}").json()["status"] == "PENDING"
     data = b"complete"
     r = http.put(path, content=data, headers={"X-Checksum-Sha256": sha(data)})
-    assert r.status_code == 200 and r.json()["status"] == "READY"
+    assert r.status_code == 200
+    assert r.json()["status"] == "READY"
 
 
 def test_invalid_json_unknown_fields_and_body_limits(http: httpx.Client) -> None:
@@ -200,10 +220,14 @@ def test_invalid_json_unknown_fields_and_body_limits(http: httpx.Client) -> None
 
     r = http.post("/api/v1/models", content=padded("at-limit", TEST_MAX_BODY_BYTES), headers=headers)
     assert r.status_code == 201, r.text
-    assert_problem(http.post("/api/v1/models", content=padded("over-limit", TEST_MAX_BODY_BYTES + 1), headers=headers), 413)
+    assert_problem(
+        http.post("/api/v1/models", content=padded("over-limit", TEST_MAX_BODY_BYTES + 1), headers=headers),
+        413,
+    )
     assert http.get("/api/v1/models/over-limit").status_code == 404
     names = {m["name"] for m in http.get("/api/v1/models", params={"limit": 1000}).json()["items"]}
-    assert len(names) == count + 1 and "at-limit" in names
+    assert len(names) == count + 1
+    assert "at-limit" in names
     assert_still_works(http)
 
 

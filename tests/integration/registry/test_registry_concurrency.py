@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -41,7 +42,9 @@ def test_50_concurrent_version_creations_are_numbered_1_to_50(registry: Registry
         lambda c, i: c.post("/api/v1/models/contended/versions", json={"description": f"writer {i}"}),
         WRITERS,
     )
-    assert [r.status_code for r in responses] == [201] * WRITERS, [r.text for r in responses if r.status_code != 201]
+    assert [r.status_code for r in responses] == [201] * WRITERS, [
+        r.text for r in responses if r.status_code != 201
+    ]
     numbers = sorted(r.json()["version"] for r in responses)
     assert numbers == list(range(1, WRITERS + 1))
     by_writer = {r.json()["description"]: r.json()["version"] for r in responses}
@@ -74,10 +77,12 @@ def test_concurrent_alias_moves_and_reads(registry: RegistryProcess) -> None:
         return c.get("/api/v1/models/flipping/aliases/live/version")
 
     responses = _in_parallel(registry, send, 30)
-    assert [r.status_code for r in responses] == [200] * 30, [r.text for r in responses if r.status_code != 200]
+    assert [r.status_code for r in responses] == [200] * 30, [
+        r.text for r in responses if r.status_code != 200
+    ]
     with registry.http() as http:
         history = http.get("/api/v1/models/flipping/aliases/live/history").json()
         final = http.get("/api/v1/models/flipping/aliases/live").json()["version"]
     # History is a chain: each move starts where the previous one ended, and ends at the alias's target.
-    assert all(a["to_version"] == b["from_version"] for a, b in zip(history, history[1:], strict=False))
+    assert all(a["to_version"] == b["from_version"] for a, b in itertools.pairwise(history))
     assert history[-1]["to_version"] == final

@@ -71,7 +71,8 @@ def test_sigkill_during_upload_then_restart(server: RegistryProcess) -> None:
                 content=payload,
                 headers={"X-Checksum-Sha256": digest},
             )
-            assert r.status_code == 200 and r.json()["status"] == "READY"
+            assert r.status_code == 200
+            assert r.json()["status"] == "READY"
             assert http.get("/api/v1/models/crashy/versions/1/artifact").content == payload
             assert http.post("/api/v1/models/crashy/versions", json={}).json()["version"] == 2
     finally:
@@ -83,7 +84,9 @@ def test_sigkill_during_upload_then_restart(server: RegistryProcess) -> None:
             if engine.dialect.name == "sqlite":
                 assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
                 assert conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall() == []
-            rows = conn.execute(sa.text("SELECT version, status FROM model_versions ORDER BY version")).fetchall()
+            rows = conn.execute(
+                sa.text("SELECT version, status FROM model_versions ORDER BY version")
+            ).fetchall()
             assert [tuple(r) for r in rows] == [(1, "READY"), (2, "PENDING")]
     finally:
         engine.dispose()

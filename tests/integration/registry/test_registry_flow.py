@@ -18,7 +18,9 @@ def sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def upload(http: httpx.Client, name: str, version: int, data: bytes, digest: str | None = None) -> httpx.Response:
+def upload(
+    http: httpx.Client, name: str, version: int, data: bytes, digest: str | None = None
+) -> httpx.Response:
     return http.put(
         f"/api/v1/models/{name}/versions/{version}/artifact",
         content=data,
@@ -29,7 +31,10 @@ def upload(http: httpx.Client, name: str, version: int, data: bytes, digest: str
 
 def test_model_version_artifact_alias_flow(registry: RegistryProcess, tmp_path: Path) -> None:
     with registry.http() as http:
-        r = http.post("/api/v1/models", json={"name": "resnet", "description": "image classifier", "tags": {"team": "vision"}})
+        r = http.post(
+            "/api/v1/models",
+            json={"name": "resnet", "description": "image classifier", "tags": {"team": "vision"}},
+        )
         assert r.status_code == 201, r.text
         assert r.headers["Location"] == "/api/v1/models/resnet"
         assert r.json()["created_by"] == "bootstrap"
@@ -54,7 +59,12 @@ def test_model_version_artifact_alias_flow(registry: RegistryProcess, tmp_path: 
         )
         assert r.status_code == 201, r.text
         v1 = r.json()
-        assert (v1["version"], v1["status"], v1["author"], v1["signature"]) == (1, "PENDING", "alice", signature)
+        assert (v1["version"], v1["status"], v1["author"], v1["signature"]) == (
+            1,
+            "PENDING",
+            "alice",
+            signature,
+        )
         assert r.headers["Location"] == "/api/v1/models/resnet/versions/1"
         assert http.post("/api/v1/models/resnet/versions", json={"framework": "torch"}).json()["version"] == 2
         assert http.post("/api/v1/models/resnet/versions", json={"framework": "onnx"}).json()["version"] == 3
@@ -68,10 +78,12 @@ def test_model_version_artifact_alias_flow(registry: RegistryProcess, tmp_path: 
         assert blob.read_bytes() == data
 
         r = http.get("/api/v1/models/resnet/versions/1/artifact")
-        assert r.status_code == 200 and r.content == data
+        assert r.status_code == 200
+        assert r.content == data
         assert r.headers["ETag"] == f'"{sha(data)}"'
         r = http.get("/api/v1/models/resnet/versions/1/artifact", headers={"Range": "bytes=100-199"})
-        assert r.status_code == 206 and r.content == data[100:200]
+        assert r.status_code == 206
+        assert r.content == data[100:200]
         assert r.headers["Content-Range"] == f"bytes 100-199/{len(data)}"
         r = http.get("/api/v1/models/resnet/versions/1/artifact", headers={"If-None-Match": f'"{sha(data)}"'})
         assert r.status_code == 304
@@ -80,12 +92,15 @@ def test_model_version_artifact_alias_flow(registry: RegistryProcess, tmp_path: 
 
         # An artifact is immutable once the version is READY.
         r = upload(http, "resnet", 1, b"other")
-        assert r.status_code == 409 and r.headers["content-type"] == PROBLEM
+        assert r.status_code == 409
+        assert r.headers["content-type"] == PROBLEM
 
         # Aliases: set, move, resolve, history.
         assert http.put("/api/v1/models/resnet/aliases/production", json={"version": 1}).status_code == 200
         r = http.get("/api/v1/models/resnet/aliases/production/version")
-        assert r.status_code == 200 and r.json()["version"] == 1 and r.json()["aliases"] == ["production"]
+        assert r.status_code == 200
+        assert r.json()["version"] == 1
+        assert r.json()["aliases"] == ["production"]
         upload(http, "resnet", 3, b"v3 weights").raise_for_status()
         r = http.put("/api/v1/models/resnet/aliases/production", json={"version": 3})
         assert r.json()["version"] == 3
@@ -108,10 +123,12 @@ def test_model_version_artifact_alias_flow(registry: RegistryProcess, tmp_path: 
         resolved = client.resolve("resnet", alias="production")
         assert resolved.version == 3
         info = client.download_artifact("resnet", 1, tmp_path / "out" / "model.pt")
-        assert (tmp_path / "out" / "model.pt").read_bytes() == data and info.digest == sha(data)
+        assert (tmp_path / "out" / "model.pt").read_bytes() == data
+        assert info.digest == sha(data)
         with pytest.raises(RegistryClientError) as err:
             client.create_model("resnet")
-        assert err.value.status == 409 and err.value.type.endswith("/already-exists")
+        assert err.value.status == 409
+        assert err.value.type.endswith("/already-exists")
 
 
 def test_etag_if_match_and_delete_guard(registry: RegistryProcess) -> None:
@@ -119,29 +136,41 @@ def test_etag_if_match_and_delete_guard(registry: RegistryProcess) -> None:
         r = http.post("/api/v1/models", json={"name": "guarded"})
         etag = r.headers["ETag"]
         r = http.patch("/api/v1/models/guarded", json={"description": "one"}, headers={"If-Match": etag})
-        assert r.status_code == 200 and r.headers["ETag"] != etag
+        assert r.status_code == 200
+        assert r.headers["ETag"] != etag
         stale = http.patch("/api/v1/models/guarded", json={"description": "two"}, headers={"If-Match": etag})
-        assert stale.status_code == 412 and stale.headers["content-type"] == PROBLEM
+        assert stale.status_code == 412
+        assert stale.headers["content-type"] == PROBLEM
         assert stale.json()["type"] == "https://modelplane.io/problems/precondition-failed"
         assert http.get("/api/v1/models/guarded").json()["description"] == "one"
 
         v = http.post("/api/v1/models/guarded/versions", json={"source": "s3://bucket/guarded/1"}).json()
         r = http.get("/api/v1/models/guarded/versions/1")
         r2 = http.patch(
-            "/api/v1/models/guarded/versions/1", json={"status": "READY"}, headers={"If-Match": r.headers["ETag"]}
+            "/api/v1/models/guarded/versions/1",
+            json={"status": "READY"},
+            headers={"If-Match": r.headers["ETag"]},
         )
-        assert r2.status_code == 200 and r2.json()["status"] == "READY", r2.text
+        assert r2.status_code == 200, r2.text
+        assert r2.json()["status"] == "READY"
         assert v["version"] == 1
 
         r = http.put("/api/v1/models/guarded/versions/1/deployments/prod/guarded-svc")
-        assert r.status_code == 200 and r.json()["namespace"] == "prod"
-        assert [d["deployment"] for d in http.get("/api/v1/models/guarded/deployments").json()] == ["guarded-svc"]
+        assert r.status_code == 200
+        assert r.json()["namespace"] == "prod"
+        assert [d["deployment"] for d in http.get("/api/v1/models/guarded/deployments").json()] == [
+            "guarded-svc"
+        ]
         r = http.delete("/api/v1/models/guarded")
-        assert r.status_code == 409 and r.json()["type"].endswith("/in-use") and "prod/guarded-svc" in r.json()["detail"]
+        assert r.status_code == 409
+        assert r.json()["type"].endswith("/in-use")
+        assert "prod/guarded-svc" in r.json()["detail"]
         assert http.delete("/api/v1/models/guarded/versions/1").status_code == 409
         assert http.get("/api/v1/models/guarded").status_code == 200
 
-        assert http.delete("/api/v1/models/guarded/versions/1/deployments/prod/guarded-svc").status_code == 204
+        assert (
+            http.delete("/api/v1/models/guarded/versions/1/deployments/prod/guarded-svc").status_code == 204
+        )
         assert http.delete("/api/v1/models/guarded").status_code == 204
         assert http.get("/api/v1/models/guarded").status_code == 404
         # A new model of the same name starts numbering again at 1.
@@ -152,7 +181,9 @@ def test_etag_if_match_and_delete_guard(registry: RegistryProcess) -> None:
 def test_search_filters_and_cursor_pagination(registry: RegistryProcess) -> None:
     with registry.http() as http:
         for i in range(7):
-            http.post("/api/v1/models", json={"name": f"search-{i}", "tags": {"parity": str(i % 2)}}).raise_for_status()
+            http.post(
+                "/api/v1/models", json={"name": f"search-{i}", "tags": {"parity": str(i % 2)}}
+            ).raise_for_status()
         http.post("/api/v1/models", json={"name": "other-model"}).raise_for_status()
 
         names: list[str] = []
@@ -182,10 +213,12 @@ def test_search_filters_and_cursor_pagination(registry: RegistryProcess) -> None
         page2 = http.get(
             "/api/v1/models/search-0/versions", params={"limit": 2, "cursor": page1["next_cursor"]}
         ).json()
-        assert [v["version"] for v in page1["items"] + page2["items"]] == [1, 2, 3] and page2["next_cursor"] is None
+        assert [v["version"] for v in page1["items"] + page2["items"]] == [1, 2, 3]
+        assert page2["next_cursor"] is None
 
         bad = http.get("/api/v1/models", params={"cursor": page1["next_cursor"]})
-        assert bad.status_code == 400 and bad.headers["content-type"] == PROBLEM
+        assert bad.status_code == 400
+        assert bad.headers["content-type"] == PROBLEM
 
 
 def test_audit_log_names_the_actor(registry: RegistryProcess) -> None:
@@ -206,7 +239,8 @@ def test_audit_log_names_the_actor(registry: RegistryProcess) -> None:
         ("audit-writer", "alias.set", "audited@staging"),
     ]
     update = next(e for e in entries if e.action == "model.update" and e.object_id == "audited")
-    assert update.before is not None and update.after is not None
+    assert update.before is not None
+    assert update.after is not None
     assert (update.before["description"], update.after["description"]) == ("", "changed")
 
 
@@ -215,6 +249,7 @@ def test_health_ready_metrics_need_no_token(registry: RegistryProcess) -> None:
         assert http.get("/healthz").json() == {"status": "ok"}
         assert http.get("/readyz").json() == {"status": "ready"}
         r = http.get("/metrics")
-        assert r.status_code == 200 and "modelplane_registry_requests_total" in r.text
+        assert r.status_code == 200
+        assert "modelplane_registry_requests_total" in r.text
         spec = http.get("/openapi.json").json()
         assert "/api/v1/models/{name}/versions/{version}/artifact" in spec["paths"]

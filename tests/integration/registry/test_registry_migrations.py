@@ -31,7 +31,9 @@ def test_upgrade_downgrade_and_orm_agreement(database_url: str) -> None:
     engine = create_db_engine(database_url, pool_size=1)
     try:
         with engine.connect() as conn:
-            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+            diff = compare_metadata(
+                MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
+            )
         assert diff == [], f"ORM models and migrations differ; write a migration for: {diff}"
     finally:
         engine.dispose()

@@ -90,14 +90,18 @@ def test_events_are_signed_retried_and_logged(registry: RegistryProcess, receive
         events = []
         for headers, body in receiver.received:
             assert verify_signature(SECRET, headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER])
-            assert not verify_signature("wrong-secret-0123456789", headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER])
+            assert not verify_signature(
+                "wrong-secret-0123456789", headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER]
+            )
             payload = json.loads(body)
             assert payload["event"] == headers[EVENT_HEADER]
             events.append((payload["event"], payload["model"]))
         assert sorted(events) == sorted(
             [("version.created", "hooked"), ("version.ready", "hooked"), ("alias.moved", "hooked")]
         )
-        alias_event = next(json.loads(b) for _, b in receiver.received if json.loads(b)["event"] == "alias.moved")
+        alias_event = next(
+            json.loads(b) for _, b in receiver.received if json.loads(b)["event"] == "alias.moved"
+        )
         assert (alias_event["from_version"], alias_event["to_version"]) == (None, 1)
 
         assert wait_until(lambda: all(d.status == "delivered" for d in admin.list_deliveries(hook.id)))
@@ -105,7 +109,8 @@ def test_events_are_signed_retried_and_logged(registry: RegistryProcess, receive
         assert len(deliveries) == 3
         assert sum(d.attempts for d in deliveries) == 3 + receiver.fail_first
         retried = [d for d in deliveries if d.attempts > 1]
-        assert retried and all(d.last_status_code == 204 for d in deliveries)
+        assert retried
+        assert all(d.last_status_code == 204 for d in deliveries)
 
 
 def test_unreachable_receiver_gives_up_after_max_attempts(registry: RegistryProcess) -> None:
@@ -114,9 +119,13 @@ def test_unreachable_receiver_gives_up_after_max_attempts(registry: RegistryProc
         hook = admin.create_webhook("http://127.0.0.1:9/nothing", ["version.created"])
         admin.create_model("unheard")
         admin.create_version("unheard")
-        assert wait_until(lambda: [d.status for d in admin.list_deliveries(hook.id)] == ["failed"], timeout=60)
+        assert wait_until(
+            lambda: [d.status for d in admin.list_deliveries(hook.id)] == ["failed"], timeout=60
+        )
         (delivery,) = admin.list_deliveries(hook.id)
-        assert delivery.attempts == 5 and delivery.last_error and delivery.delivered_at is None
+        assert delivery.attempts == 5
+        assert delivery.last_error
+        assert delivery.delivered_at is None
 
 
 @pytest.mark.parametrize(
@@ -136,5 +145,6 @@ def test_dangerous_destinations_are_refused(registry: RegistryProcess, url: str)
     with registry.http() as http:
         before = http.get("/api/v1/webhooks").json()
         r = http.post("/api/v1/webhooks", json={"url": url, "events": ["alias.moved"]})
-        assert r.status_code == 400 and r.headers["content-type"] == "application/problem+json", r.text
+        assert r.status_code == 400, r.text
+        assert r.headers["content-type"] == "application/problem+json"
         assert http.get("/api/v1/webhooks").json() == before

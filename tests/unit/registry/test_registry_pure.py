@@ -12,7 +12,13 @@ from modelplane.serving.registry.artifacts import ArtifactStore, is_within, pars
 from modelplane.serving.registry.auth import Principal, require
 from modelplane.serving.registry.pagination import InvalidCursorError, decode_cursor, encode_cursor
 from modelplane.serving.registry.store.sql import etag_matches
-from modelplane.serving.registry.webhooks import address_refusal, backoff_s, sign, validate_url, verify_signature
+from modelplane.serving.registry.webhooks import (
+    address_refusal,
+    backoff_s,
+    sign,
+    validate_url,
+    verify_signature,
+)
 
 
 @pytest.mark.parametrize("name", ["resnet", "team-a.resnet50", "A_b-9", "x", "a" * 128])
@@ -21,7 +27,8 @@ def test_good_model_names(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["", "a" * 129, "../x", "a..b", "-a", "a-", "a/b", "a\\b", "a b", "a\x00b", ".hidden", "%2e%2e", "é"]
+    "name",
+    ["", "a" * 129, "../x", "a..b", "-a", "a-", "a/b", "a\\b", "a b", "a\x00b", ".hidden", "%2e%2e", "é"],
 )
 def test_bad_model_names(name: str) -> None:
     with pytest.raises(ValueError, match="model name"):
@@ -41,7 +48,13 @@ def test_bad_aliases(alias: str) -> None:
 
 @pytest.mark.parametrize(
     "source",
-    ["s3://bucket/key/model.pt", "gs://b/k", "https://host.example/m.tar", "runs:/abc123/model", "models:/resnet/3"],
+    [
+        "s3://bucket/key/model.pt",
+        "gs://b/k",
+        "https://host.example/m.tar",
+        "runs:/abc123/model",
+        "models:/resnet/3",
+    ],
 )
 def test_good_sources(source: str) -> None:
     assert validation.check_source(source) == source
@@ -83,7 +96,8 @@ def test_blob_paths_stay_inside_the_root(tmp_path: Path) -> None:
     digest = parse_digest("AB" * 32)
     assert digest == "sha256:" + "ab" * 32
     path = store.blob_path(digest)
-    assert is_within(store.root, path) and path.parent.name == "ab"
+    assert is_within(store.root, path)
+    assert path.parent.name == "ab"
     for bad in ["sha256:../../etc/passwd", "sha256:" + "g" * 64, "md5:" + "a" * 32, "sha256:" + "a" * 63]:
         with pytest.raises(errors.InvalidInputError):
             store.blob_path(bad)
@@ -140,7 +154,8 @@ def test_loopback_only_when_allowed() -> None:
 
 def test_signatures_and_backoff() -> None:
     sig = sign("s3cret", "1700000000", b'{"a":1}')
-    assert sig.startswith("sha256=") and verify_signature("s3cret", "1700000000", b'{"a":1}', sig)
+    assert sig.startswith("sha256=")
+    assert verify_signature("s3cret", "1700000000", b'{"a":1}', sig)
     assert not verify_signature("s3cret", "1700000001", b'{"a":1}', sig)
     assert not verify_signature("s3cret", "1700000000", b'{"a":2}', sig)
     assert [backoff_s(n, 2.0, 10.0) for n in range(1, 6)] == [2.0, 4.0, 8.0, 10.0, 10.0]
