@@ -246,6 +246,9 @@ def main() -> None:
     parser.add_argument("--lookups", type=int, default=2000, help="get-by-alias requests per measurement")
     parser.add_argument("--searches", type=int, default=200)
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument(
+        "--only", choices=["modelplane", "mlflow"], help="run one peer (for profiling; no ratios)"
+    )
     args = parser.parse_args()
 
     raw: dict[str, dict[str, dict[str, float]]] = {}
@@ -254,6 +257,8 @@ def main() -> None:
         ("mlflow", serve_mlflow, MlflowDriver, {}),
     ]
     for peer, serve, driver_cls, headers in peers:
+        if args.only and peer != args.only:
+            continue
         with (
             tempfile.TemporaryDirectory(prefix=f"bench-{peer}-") as tmp,
             serve(Path(tmp)) as url,
@@ -265,13 +270,16 @@ def main() -> None:
             )
             print(f"{peer}: done in {time.perf_counter() - started:.0f}s", file=sys.stderr)
 
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}, MLflow {mlflow_version()}")  # fmt: skip
+    mlflow_v = mlflow_version() if "mlflow" in raw else "-"
+    cpu = platform.processor() or platform.machine()
+    print(f"\nmachine: {cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, MLflow {mlflow_v}")
     print(f"{'operation':<22}{'peer':<12}{'ops/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
-    for op in raw["modelplane"]:
+    for op in next(iter(raw.values())):
         for peer in raw:
             r = raw[peer][op]
             print(f"{op:<22}{peer:<12}{r['ops_per_s']:>10}{r['p50_ms']:>10}{r['p99_ms']:>10}")
+    if len(raw) < 2:
+        return
     print("\nratios (modelplane / mlflow throughput; mlflow / modelplane p99):")
     for op in raw["modelplane"]:
         a, b = raw["modelplane"][op], raw["mlflow"][op]

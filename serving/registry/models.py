@@ -85,7 +85,7 @@ class RegisteredModel(Base):
     last_version: Mapped[int] = mapped_column(Integer, default=0)
 
     tags: Mapped[list[ModelTag]] = relationship(
-        back_populates="model", cascade="all, delete-orphan", passive_deletes=True, lazy="selectin"
+        back_populates="model", cascade="all, delete-orphan", passive_deletes=True
     )
 
 
@@ -127,7 +127,7 @@ class ModelVersion(Base):
 
     model: Mapped[RegisteredModel] = relationship(lazy="joined", innerjoin=True)
     tags: Mapped[list[VersionTag]] = relationship(
-        back_populates="version", cascade="all, delete-orphan", passive_deletes=True, lazy="selectin"
+        back_populates="version", cascade="all, delete-orphan", passive_deletes=True
     )
 
 

@@ -217,8 +217,7 @@ class RegistryService:
 
     def resolve_alias(self, who: Principal, name: str, alias: str) -> Versioned[schemas.VersionPublic]:
         auth.require(who, "read", name)
-        target = self.store.get_alias(name, alias)
-        return self.store.get_version(name, target.version)
+        return self.store.resolve_alias(name, alias)
 
     def list_aliases(self, who: Principal, name: str) -> list[schemas.AliasPublic]:
         auth.require(who, "read", name)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 
 from modelplane.serving.registry import auth, errors
 from modelplane.serving.registry.pagination import DEFAULT_LIMIT, MAX_LIMIT, InvalidCursorError, decode_cursor
@@ -73,3 +74,17 @@ def parse_tag_filters(values: list[str] | None) -> list[tuple[str, str | None]]:
     if len(out) > 20:
         raise errors.InvalidInputError("at most 20 tag filters")
     return out
+
+
+def json_response(
+    body: BaseModel, etag: str | None = None, status_code: int = 200, location: str | None = None
+) -> Response:
+    """Serialize an already-validated public model directly (FastAPI would validate it again)."""
+    headers = {}
+    if etag is not None:
+        headers["ETag"] = etag
+    if location is not None:
+        headers["Location"] = location
+    return Response(
+        body.model_dump_json(), status_code=status_code, media_type="application/json", headers=headers
+    )

@@ -13,9 +13,9 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, func, literal, select, text, union_all, update
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from modelplane.serving.registry import errors, schemas
 from modelplane.serving.registry.db import Database
@@ -44,6 +44,7 @@ from modelplane.serving.registry.store.base import (
 
 log = logging.getLogger(__name__)
 VERSION_CREATE_ATTEMPTS = 5
+_VERSION_COLUMNS = tuple(ModelVersion.__table__.columns)
 
 
 def model_etag(row: RegisteredModel) -> str:
@@ -92,7 +93,11 @@ class SqlStore(RegistryStore):
 
     @staticmethod
     def _model_row(session: Session, name: str, lock: bool = False) -> RegisteredModel:
-        stmt = select(RegisteredModel).where(RegisteredModel.name == name)
+        stmt = (
+            select(RegisteredModel)
+            .where(RegisteredModel.name == name)
+            .options(selectinload(RegisteredModel.tags))
+        )
         if lock:
             stmt = stmt.with_for_update()
         row = session.scalars(stmt).one_or_none()
@@ -106,6 +111,7 @@ class SqlStore(RegistryStore):
             select(ModelVersion)
             .join(RegisteredModel, ModelVersion.model_id == RegisteredModel.id)
             .where(RegisteredModel.name == name, ModelVersion.version == version)
+            .options(selectinload(ModelVersion.tags))
         )
         if lock:
             stmt = stmt.with_for_update(of=ModelVersion)
@@ -262,7 +268,9 @@ class SqlStore(RegistryStore):
         after: int | None,
         limit: int,
     ) -> tuple[list[schemas.ModelPublic], int | None]:
-        stmt = select(RegisteredModel).order_by(RegisteredModel.id)
+        stmt = (
+            select(RegisteredModel).order_by(RegisteredModel.id).options(selectinload(RegisteredModel.tags))
+        )
         if name_prefix:
             stmt = stmt.where(RegisteredModel.name.startswith(name_prefix, autoescape=True))
         if allowed_prefixes:
@@ -407,13 +415,74 @@ class SqlStore(RegistryStore):
             return result
 
     def get_version(self, name: str, version: int) -> Versioned[schemas.VersionPublic]:
-        with self.db.read() as s:
-            return self._version_versioned(s, self._version_row(s, name, version))
+        stmt = (
+            select(*_VERSION_COLUMNS, RegisteredModel.name)
+            .join(RegisteredModel, ModelVersion.model_id == RegisteredModel.id)
+            .where(RegisteredModel.name == name, ModelVersion.version == version)
+        )
+        found = self._read_version_fast(stmt)
+        if found is None:
+            raise errors.NotFoundError(f"version {version} of model {name!r} does not exist")
+        return found
+
+    def _model_row_exists(self, name: str) -> None:
+        with self.db.engine.connect() as conn:
+            if conn.execute(select(RegisteredModel.id).where(RegisteredModel.name == name)).first() is None:
+                raise errors.NotFoundError(f"model {name!r} does not exist")
+
+    def _read_version_fast(self, stmt: Any) -> Versioned[schemas.VersionPublic] | None:
+        """One version as its public form from Core rows: the read path that runs most often."""
+        with self.db.engine.connect() as conn:
+            row = conn.execute(stmt).first()
+            if row is None:
+                return None
+            m = row._mapping
+            extras = conn.execute(
+                union_all(
+                    select(literal("t"), VersionTag.key, VersionTag.value).where(
+                        VersionTag.version_id == m["id"]
+                    ),
+                    select(literal("a"), Alias.name, literal("")).where(Alias.version_id == m["id"]),
+                )
+            ).all()
+        tags = {k: v for kind, k, v in extras if kind == "t"}
+        aliases = sorted(k for kind, k, _ in extras if kind == "a")
+        artifact = None
+        if m["artifact_digest"] is not None:
+            artifact = schemas.ArtifactInfo(
+                digest=m["artifact_digest"],
+                size=m["artifact_size"] or 0,
+                filename=m["artifact_filename"] or "",
+            )
+        body = schemas.VersionPublic(
+            model=m["name"],
+            version=m["version"],
+            description=m["description"],
+            author=m["author"],
+            source=m["source"],
+            run_id=m["run_id"],
+            framework=m["framework"],
+            signature=schemas.Signature.model_validate(m["signature"]) if m["signature"] else None,
+            metrics=m["metrics"],
+            params=m["params"],
+            tags=tags,
+            status=m["status"],
+            status_message=m["status_message"],
+            artifact=artifact,
+            aliases=aliases,
+            created_at=m["created_at"],
+            updated_at=m["updated_at"],
+        )
+        return Versioned(f'"v{m["id"]}-{m["revision"]}"', body)
 
     def list_versions(
         self, flt: VersionFilter, after: int | None, limit: int
     ) -> tuple[list[schemas.VersionPublic], int | None]:
-        stmt = select(ModelVersion).join(RegisteredModel, ModelVersion.model_id == RegisteredModel.id)
+        stmt = (
+            select(ModelVersion)
+            .join(RegisteredModel, ModelVersion.model_id == RegisteredModel.id)
+            .options(selectinload(ModelVersion.tags))
+        )
         if flt.model is not None:
             stmt = stmt.where(RegisteredModel.name == flt.model).order_by(ModelVersion.version)
             key_col: Any = ModelVersion.version
@@ -654,6 +723,20 @@ class SqlStore(RegistryStore):
                 self._model_row(s, name)
                 raise errors.NotFoundError(f"model {name!r} has no alias {alias!r}")
             return self._alias_public(name, row)
+
+    def resolve_alias(self, name: str, alias: str) -> Versioned[schemas.VersionPublic]:
+        """The version behind ``name@alias`` (the operator's hot path): two Core queries, no ORM."""
+        stmt = (
+            select(*_VERSION_COLUMNS, RegisteredModel.name)
+            .join(RegisteredModel, ModelVersion.model_id == RegisteredModel.id)
+            .join(Alias, Alias.version_id == ModelVersion.id)
+            .where(RegisteredModel.name == name, Alias.name == alias)
+        )
+        found = self._read_version_fast(stmt)
+        if found is None:
+            self._model_row_exists(name)
+            raise errors.NotFoundError(f"model {name!r} has no alias {alias!r}")
+        return found
 
     def list_aliases(self, name: str) -> list[schemas.AliasPublic]:
         with self.db.read() as s:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 
 from modelplane.serving.registry import problems, schemas
-from modelplane.serving.registry.api.deps import PrincipalDep, ServiceDep
+from modelplane.serving.registry.api.deps import PrincipalDep, ServiceDep, json_response
 from modelplane.serving.registry.api.params import AliasPath, ModelNamePath
 
 router = APIRouter(
@@ -34,13 +34,10 @@ def get_alias(
 
 
 @router.get("/{alias}/version", response_model=schemas.VersionPublic)
-def resolve_alias(
-    name: ModelNamePath, alias: AliasPath, service: ServiceDep, who: PrincipalDep, response: Response
-) -> schemas.VersionPublic:
+def resolve_alias(name: ModelNamePath, alias: AliasPath, service: ServiceDep, who: PrincipalDep) -> Response:
     """The version the alias points at (what a deployment of ``name@alias`` serves)."""
     result = service.resolve_alias(who, name, alias)
-    response.headers["ETag"] = result.etag
-    return result.body
+    return json_response(result.body, result.etag)
 
 
 @router.delete("/{alias}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)

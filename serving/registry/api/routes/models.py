@@ -14,6 +14,7 @@ from modelplane.serving.registry.api.deps import (
     ServiceDep,
     TagQuery,
     cursor_key,
+    json_response,
     parse_tag_filters,
 )
 from modelplane.serving.registry.api.params import ModelNamePath, TagKeyPath
@@ -60,11 +61,9 @@ def list_models(
 
 
 @router.get("/{name}", response_model=schemas.ModelPublic)
-def get_model(
-    name: ModelNamePath, service: ServiceDep, who: PrincipalDep, response: Response
-) -> schemas.ModelPublic:
+def get_model(name: ModelNamePath, service: ServiceDep, who: PrincipalDep) -> Response:
     result = service.get_model(who, name)
-    return _model_response(response, result.etag, result.body)
+    return json_response(result.body, result.etag)
 
 
 @router.patch("/{name}", response_model=schemas.ModelPublic, responses=problems.responses(412, 413))

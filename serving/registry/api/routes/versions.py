@@ -14,6 +14,7 @@ from modelplane.serving.registry.api.deps import (
     ServiceDep,
     TagQuery,
     cursor_key,
+    json_response,
     parse_tag_filters,
 )
 from modelplane.serving.registry.api.params import K8sNamePath, ModelNamePath, TagKeyPath, VersionPath
@@ -41,15 +42,11 @@ def _version_response(response: Response, etag: str, body: schemas.VersionPublic
     responses=problems.responses(409, 413, 503),
 )
 def create_version(
-    name: ModelNamePath,
-    data: schemas.VersionCreate,
-    service: ServiceDep,
-    who: PrincipalDep,
-    response: Response,
-) -> schemas.VersionPublic:
+    name: ModelNamePath, data: schemas.VersionCreate, service: ServiceDep, who: PrincipalDep
+) -> Response:
     result = service.create_version(who, name, data)
-    response.headers["Location"] = f"/api/v1/models/{name}/versions/{result.body.version}"
-    return _version_response(response, result.etag, result.body)
+    location = f"/api/v1/models/{name}/versions/{result.body.version}"
+    return json_response(result.body, result.etag, status.HTTP_201_CREATED, location)
 
 
 @router.get("/models/{name}/versions", response_model=schemas.Page[schemas.VersionPublic])
@@ -99,10 +96,10 @@ def search_versions(
 
 @router.get("/models/{name}/versions/{version}", response_model=schemas.VersionPublic)
 def get_version(
-    name: ModelNamePath, version: VersionPath, service: ServiceDep, who: PrincipalDep, response: Response
-) -> schemas.VersionPublic:
+    name: ModelNamePath, version: VersionPath, service: ServiceDep, who: PrincipalDep
+) -> Response:
     result = service.get_version(who, name, version)
-    return _version_response(response, result.etag, result.body)
+    return json_response(result.body, result.etag)
 
 
 @router.patch(
