@@ -41,6 +41,10 @@ class RegistryService:
 
     # --- authentication -----------------------------------------------------------------------
 
+    def cached_principal(self, bearer: str) -> tuple[bool, Principal | None]:
+        """(True, principal-or-None) when the token's lookup is cached; (False, None) otherwise."""
+        return self.token_cache.get(auth.hash_token(bearer))
+
     def authenticate(self, bearer: str | None) -> Principal | None:
         """The principal for a bearer token; None when there is no valid token."""
         if bearer is None:

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from modelplane.serving.registry import auth, errors
 from modelplane.serving.registry.pagination import DEFAULT_LIMIT, MAX_LIMIT, InvalidCursorError, decode_cursor
@@ -15,7 +16,8 @@ from modelplane.serving.registry.service import RegistryService
 bearer_scheme = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer mpr_...`")
 
 
-def get_service(request: Request) -> RegistryService:
+async def get_service(request: Request) -> RegistryService:
+    # async (like every cheap dependency here): a sync one would cost a thread hop per request.
     service: RegistryService = request.app.state.service
     return service
 
@@ -23,16 +25,21 @@ def get_service(request: Request) -> RegistryService:
 ServiceDep = Annotated[RegistryService, Depends(get_service)]
 
 
-def get_principal(
+async def get_principal(
     service: ServiceDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> auth.Principal:
-    """The caller; 401 without a valid token (unless anonymous read is on, then read-only access)."""
+    """The caller; 401 without a valid token (unless anonymous read is on, then read-only access).
+
+    A cached token is answered on the event loop; only a cache miss goes to the database (in a thread).
+    """
     if credentials is None:
         if service.settings.anonymous_read:
             return auth.ANONYMOUS
         raise errors.UnauthorizedError("send an API token as 'Authorization: Bearer <token>'")
-    principal = service.authenticate(credentials.credentials)
+    cached, principal = service.cached_principal(credentials.credentials)
+    if not cached:
+        principal = await run_in_threadpool(service.authenticate, credentials.credentials)
     if principal is None:
         raise errors.UnauthorizedError("the API token is unknown or revoked; ask an admin for a new one")
     return principal

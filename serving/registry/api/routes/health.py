@@ -13,7 +13,7 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", response_model=schemas.Health)
-def healthz() -> schemas.Health:
+async def healthz() -> schemas.Health:
     return schemas.Health(status="ok")
 
 
@@ -31,5 +31,5 @@ def readyz(service: ServiceDep) -> schemas.Health:
     response_class=Response,
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
-def metrics() -> Response:
+async def metrics() -> Response:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
