@@ -271,9 +271,11 @@ def main() -> None:
             httpx.Client(base_url=url, headers=headers, timeout=60, trust_env=False) as client,
         ):
             started = time.perf_counter()
-            raw[peer] = run_peer(
-                driver_cls(client), args.versions, args.big_versions, args.lookups, args.searches
+            big = (
+                args.big_versions if peer == "modelplane" else (args.mlflow_big_versions or args.big_versions)
             )
+            raw[peer] = run_peer(driver_cls(client), args.versions, big, args.lookups, args.searches)
+            raw[peer]["get_by_alias_big"]["versions"] = big
             print(f"{peer}: done in {time.perf_counter() - started:.0f}s", file=sys.stderr)
 
     mlflow_v = mlflow_version() if "mlflow" in raw else "-"
@@ -292,6 +294,8 @@ def main() -> None:
         thr = a["ops_per_s"] / b["ops_per_s"] if b["ops_per_s"] else float("nan")
         p99 = b["p99_ms"] / a["p99_ms"] if a["p99_ms"] else float("nan")
         print(f"  {op:<22} throughput x{thr:.2f}   p99 x{p99:.2f}")
+    sizes = {peer: raw[peer]["get_by_alias_big"]["versions"] for peer in raw}
+    print(f"get_by_alias_big measured at {sizes} versions")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(
