@@ -17,6 +17,7 @@ from modelplane.serving.registry.webhooks import (
     TIMESTAMP_HEADER,
     verify_signature,
 )
+from modelplane.testing.postgres import free_port
 from modelplane.testing.registry import RegistryProcess
 
 SECRET = "receiver-secret-0123456789"
@@ -115,8 +116,8 @@ def test_events_are_signed_retried_and_logged(registry: RegistryProcess, receive
 
 def test_unreachable_receiver_gives_up_after_max_attempts(registry: RegistryProcess) -> None:
     with registry.client() as admin:
-        # Port 9 (discard) on loopback: nothing listens, every attempt is refused.
-        hook = admin.create_webhook("http://127.0.0.1:9/nothing", ["version.created"])
+        # A port just freed on loopback: nothing listens, every attempt is refused.
+        hook = admin.create_webhook(f"http://127.0.0.1:{free_port()}/nothing", ["version.created"])
         admin.create_model("unheard")
         admin.create_version("unheard")
         assert wait_until(
