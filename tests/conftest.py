@@ -1,2 +1,6 @@
-pytest_plugins = ["modelplane.testing.fixtures", "modelplane.testing.cluster"]
-pytest_plugins = ["modelplane.testing.fixtures", "modelplane.testing.runtime_fixtures"]
+pytest_plugins = [
+    "modelplane.testing.fixtures",
+    "modelplane.testing.cluster",
+    "modelplane.testing.runtime_fixtures",
+    "modelplane.testing.registry_fixtures",
+]

@@ -10,6 +10,7 @@ from rich.console import Console
 from modelplane import __version__
 from modelplane.cli import dev_cluster
 from modelplane.cli import runtime as runtime_command
+from modelplane.cli.registry import app as registry_app
 
 app = typer.Typer(
     name="modelplane",
@@ -19,6 +20,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 console = Console()
+app.add_typer(registry_app, name="registry")
 err_console = Console(stderr=True)
 
 

@@ -1,0 +1,307 @@
+"""Registry vs MLflow's model registry: same operations, same client, same machine, one run.
+
+Both servers run as one process on loopback with a SQLite backend: this project's registry
+(``modelplane registry serve``) and MLflow's tracking server (``mlflow server``, its REST API
+``/api/2.0/mlflow/...``), installed into its own virtualenv under ``benchmarks/.work/`` on first use.
+One ``httpx.Client`` with keep-alive drives both, one request at a time, so the figures are per-request
+server cost plus loopback HTTP. Operations: create models, create versions, set (move) an alias, get
+the version behind an alias, search versions; then the models grow to ``--big-versions`` versions and
+get-by-alias latency is measured again.
+
+    .venv/bin/python benchmarks/registry_vs_mlflow.py --versions 1000 --big-versions 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+WORK = Path(__file__).resolve().parent / ".work"
+MLFLOW_VENV = WORK / "mlflow-venv"
+TOKEN = "benchmark-admin-token-0123456789"  # noqa: S105 - a throwaway server's bootstrap token
+SOURCE = "s3://bench-bucket/models/model.pt"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2, trust_env=False).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout}s")
+
+
+def ensure_mlflow() -> Path:
+    exe = MLFLOW_VENV / "bin" / "mlflow"
+    if not exe.exists():
+        print("installing mlflow into", MLFLOW_VENV, file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(MLFLOW_VENV)], check=True)
+        subprocess.run([str(MLFLOW_VENV / "bin" / "pip"), "install", "-q", "mlflow"], check=True)
+    return exe
+
+
+def mlflow_version() -> str:
+    out = subprocess.run(
+        [str(MLFLOW_VENV / "bin" / "python"), "-c", "import mlflow; print(mlflow.__version__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+@contextmanager
+def serve_modelplane(tmp: Path) -> Iterator[str]:
+    port = free_port()
+    env = {**os.environ, "MODELPLANE_REGISTRY_BOOTSTRAP_TOKEN": TOKEN}
+    cmd = [
+        sys.executable, "-m", "modelplane.serving.registry", "serve",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--database-url", f"sqlite:///{tmp / 'modelplane.db'}", "--artifact-root", str(tmp / "artifacts"),
+        "--log-level", "warning",
+    ]  # fmt: skip
+    with (tmp / "modelplane.log").open("wb") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@contextmanager
+def serve_mlflow(tmp: Path) -> Iterator[str]:
+    port = free_port()
+    cmd = [
+        str(ensure_mlflow()), "server", "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
+        "--default-artifact-root", (tmp / "mlruns").as_uri(), "--host", "127.0.0.1", "--port", str(port),
+        "--workers", "1",
+    ]  # fmt: skip
+    with (tmp / "mlflow.log").open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/health", proc, timeout=180)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+
+
+class Driver:
+    """The operations, spelled for one registry's REST API."""
+
+    def __init__(self, client: httpx.Client) -> None:
+        self.c = client
+
+    def create_model(self, name: str) -> None: ...
+    def create_version(self, name: str) -> int: ...
+    def set_alias(self, name: str, alias: str, version: int) -> None: ...
+    def get_by_alias(self, name: str, alias: str) -> int: ...
+    def search(self, name: str) -> int: ...
+
+
+class ModelplaneDriver(Driver):
+    def create_model(self, name: str) -> None:
+        self.c.post("/api/v1/models", json={"name": name}).raise_for_status()
+
+    def create_version(self, name: str) -> int:
+        r = self.c.post(f"/api/v1/models/{name}/versions", json={"source": SOURCE, "framework": "torch"})
+        r.raise_for_status()
+        return int(r.json()["version"])
+
+    def set_alias(self, name: str, alias: str, version: int) -> None:
+        self.c.put(f"/api/v1/models/{name}/aliases/{alias}", json={"version": version}).raise_for_status()
+
+    def get_by_alias(self, name: str, alias: str) -> int:
+        r = self.c.get(f"/api/v1/models/{name}/aliases/{alias}/version")
+        r.raise_for_status()
+        return int(r.json()["version"])
+
+    def search(self, name: str) -> int:
+        r = self.c.get(f"/api/v1/models/{name}/versions", params={"limit": 100})
+        r.raise_for_status()
+        return len(r.json()["items"])
+
+
+class MlflowDriver(Driver):
+    API = "/api/2.0/mlflow"
+
+    def create_model(self, name: str) -> None:
+        self.c.post(f"{self.API}/registered-models/create", json={"name": name}).raise_for_status()
+
+    def create_version(self, name: str) -> int:
+        r = self.c.post(f"{self.API}/model-versions/create", json={"name": name, "source": SOURCE})
+        r.raise_for_status()
+        return int(r.json()["model_version"]["version"])
+
+    def set_alias(self, name: str, alias: str, version: int) -> None:
+        body = {"name": name, "alias": alias, "version": str(version)}
+        self.c.post(f"{self.API}/registered-models/alias", json=body).raise_for_status()
+
+    def get_by_alias(self, name: str, alias: str) -> int:
+        r = self.c.get(f"{self.API}/registered-models/alias", params={"name": name, "alias": alias})
+        r.raise_for_status()
+        return int(r.json()["model_version"]["version"])
+
+    def search(self, name: str) -> int:
+        params = {"filter": f"name='{name}'", "max_results": 100}
+        r = self.c.get(f"{self.API}/model-versions/search", params=params)
+        r.raise_for_status()
+        return len(r.json().get("model_versions", []))
+
+
+@dataclass
+class Measure:
+    ops: int = 0
+    seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def add(self, fn: Callable[[], object]) -> None:
+        start = time.perf_counter()
+        fn()
+        elapsed = time.perf_counter() - start
+        self.ops += 1
+        self.seconds += elapsed
+        self.latencies_ms.append(elapsed * 1000)
+
+    @property
+    def rate(self) -> float:
+        return self.ops / self.seconds if self.seconds else 0.0
+
+    def pct(self, p: float) -> float:
+        if not self.latencies_ms:
+            return 0.0
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+    def row(self) -> dict[str, float]:
+        return {
+            "ops": self.ops,
+            "ops_per_s": round(self.rate, 1),
+            "p50_ms": round(self.pct(50), 2),
+            "p99_ms": round(self.pct(99), 2),
+            "mean_ms": round(statistics.fmean(self.latencies_ms), 2) if self.latencies_ms else 0.0,
+        }
+
+
+def run_peer(
+    driver: Driver, versions: int, big_versions: int, lookups: int, searches: int
+) -> dict[str, dict[str, float]]:
+    names = ("create_model", "create_version", "set_alias", "get_by_alias", "search", "get_by_alias_big")
+    results: dict[str, Measure] = {k: Measure() for k in names}
+    for i in range(20):  # warm-up: connections, caches, first-query plans
+        driver.create_model(f"warm-{i}")
+    for i in range(100):
+        results["create_model"].add(lambda i=i: driver.create_model(f"model-{i}"))
+    name = "model-0"
+    for _ in range(versions):
+        results["create_version"].add(lambda: driver.create_version(name))
+    for i in range(200):
+        results["set_alias"].add(lambda i=i: driver.set_alias(name, "production", 1 + (i * 7) % versions))
+    driver.set_alias(name, "production", versions // 2)
+    for _ in range(lookups):
+        results["get_by_alias"].add(lambda: driver.get_by_alias(name, "production"))
+    for _ in range(searches):
+        results["search"].add(lambda: driver.search(name))
+    for _ in range(big_versions - versions):
+        driver.create_version(name)
+    driver.set_alias(name, "production", big_versions // 2)
+    for _ in range(lookups):
+        results["get_by_alias_big"].add(lambda: driver.get_by_alias(name, "production"))
+    return {k: m.row() for k, m in results.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--versions", type=int, default=1000, help="versions created and timed")
+    parser.add_argument(
+        "--big-versions", type=int, default=10000, help="model size for the second lookup run"
+    )
+    parser.add_argument(
+        "--mlflow-big-versions",
+        type=int,
+        help="MLflow's model size for the second lookup run (default: --big-versions; MLflow creates "
+        "versions slowly, so a shorter run may lower it, and the report says so)",
+    )
+    parser.add_argument("--lookups", type=int, default=2000, help="get-by-alias requests per measurement")
+    parser.add_argument("--searches", type=int, default=200)
+    parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument(
+        "--only", choices=["modelplane", "mlflow"], help="run one peer (for profiling; no ratios)"
+    )
+    args = parser.parse_args()
+
+    raw: dict[str, dict[str, dict[str, float]]] = {}
+    peers: list[tuple[str, Callable[[Path], AbstractContextManager[str]], type[Driver], dict[str, str]]] = [
+        ("modelplane", serve_modelplane, ModelplaneDriver, {"Authorization": f"Bearer {TOKEN}"}),
+        ("mlflow", serve_mlflow, MlflowDriver, {}),
+    ]
+    for peer, serve, driver_cls, headers in peers:
+        if args.only and peer != args.only:
+            continue
+        with (
+            tempfile.TemporaryDirectory(prefix=f"bench-{peer}-") as tmp,
+            serve(Path(tmp)) as url,
+            httpx.Client(base_url=url, headers=headers, timeout=60, trust_env=False) as client,
+        ):
+            started = time.perf_counter()
+            big = (
+                args.big_versions if peer == "modelplane" else (args.mlflow_big_versions or args.big_versions)
+            )
+            raw[peer] = run_peer(driver_cls(client), args.versions, big, args.lookups, args.searches)
+            raw[peer]["get_by_alias_big"]["versions"] = big
+            print(f"{peer}: done in {time.perf_counter() - started:.0f}s", file=sys.stderr)
+
+    mlflow_v = mlflow_version() if "mlflow" in raw else "-"
+    cpu = platform.processor() or platform.machine()
+    print(f"\nmachine: {cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, MLflow {mlflow_v}")
+    print(f"{'operation':<22}{'peer':<12}{'ops/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    for op in next(iter(raw.values())):
+        for peer in raw:
+            r = raw[peer][op]
+            print(f"{op:<22}{peer:<12}{r['ops_per_s']:>10}{r['p50_ms']:>10}{r['p99_ms']:>10}")
+    if len(raw) < 2:
+        return
+    print("\nratios (modelplane / mlflow throughput; mlflow / modelplane p99):")
+    for op in raw["modelplane"]:
+        a, b = raw["modelplane"][op], raw["mlflow"][op]
+        thr = a["ops_per_s"] / b["ops_per_s"] if b["ops_per_s"] else float("nan")
+        p99 = b["p99_ms"] / a["p99_ms"] if a["p99_ms"] else float("nan")
+        print(f"  {op:<22} throughput x{thr:.2f}   p99 x{p99:.2f}")
+    sizes = {peer: raw[peer]["get_by_alias_big"]["versions"] for peer in raw}
+    print(f"get_by_alias_big measured at {sizes} versions")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(
+            json.dumps({"args": vars(args) | {"json": str(args.json)}, "results": raw}, indent=2)
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1076 @@
+"""The SQLAlchemy store (SQLite and PostgreSQL): one short transaction per write.
+
+Version numbers: the model row's ``last_version`` is incremented with ``UPDATE ... RETURNING`` in the
+transaction that inserts the version. On PostgreSQL the row lock serializes concurrent creators; on
+SQLite ``BEGIN IMMEDIATE`` does. The unique constraint on (model, version) backs this up, and a
+unique violation is retried a bounded number of times before it becomes a 409.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import delete, func, literal, select, text, union_all, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, selectinload
+
+from modelplane.serving.registry import errors, schemas
+from modelplane.serving.registry.db import Database
+from modelplane.serving.registry.models import (
+    Alias,
+    AliasEvent,
+    ApiToken,
+    AuditEntry,
+    DeploymentRecord,
+    ModelTag,
+    ModelVersion,
+    RegisteredModel,
+    VersionTag,
+    Webhook,
+    WebhookDelivery,
+    utcnow,
+)
+from modelplane.serving.registry.store.base import (
+    ArtifactRef,
+    DueDelivery,
+    RegistryStore,
+    TokenRecord,
+    Versioned,
+    VersionFilter,
+)
+
+log = logging.getLogger(__name__)
+VERSION_CREATE_ATTEMPTS = 5
+_VERSION_COLUMNS = tuple(ModelVersion.__table__.columns)
+
+
+def model_etag(row: RegisteredModel) -> str:
+    return f'"m{row.id}-{row.revision}"'
+
+
+def version_etag(row: ModelVersion) -> str:
+    return f'"v{row.id}-{row.revision}"'
+
+
+def etag_matches(if_match: str | None, etag: str) -> bool:
+    """RFC 9110 If-Match: '*' or a list of strong entity tags; absent means no precondition."""
+    if if_match is None:
+        return True
+    candidates = [c.strip() for c in if_match.split(",")]
+    return "*" in candidates or etag in candidates
+
+
+def _check_if_match(if_match: str | None, etag: str) -> None:
+    if not etag_matches(if_match, etag):
+        raise errors.PreconditionFailedError(
+            f"If-Match {if_match} does not match the current ETag {etag}: the resource changed; "
+            "GET it again and retry with the new ETag"
+        )
+
+
+def _is_unique_violation(exc: IntegrityError) -> bool:
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate is not None:
+        return str(sqlstate) == "23505"
+    return "UNIQUE constraint failed" in str(orig)
+
+
+def _like_prefix(column: Any, prefixes: Sequence[str]) -> Any:
+    from sqlalchemy import or_
+
+    return or_(*[column.startswith(p, autoescape=True) for p in prefixes])
+
+
+class SqlStore(RegistryStore):
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _model_row(session: Session, name: str, lock: bool = False) -> RegisteredModel:
+        stmt = (
+            select(RegisteredModel)
+            .where(RegisteredModel.name == name)
+            .options(selectinload(RegisteredModel.tags))
+        )
+        if lock:
+            stmt = stmt.with_for_update()
+        row = session.scalars(stmt).one_or_none()
+        if row is None:
+            raise errors.NotFoundError(f"model {name!r} does not exist")
+        return row
+
+    @staticmethod
+    def _version_row(session: Session, name: str, version: int, lock: bool = False) -> ModelVersion:
+        stmt = (
+            select(ModelVersion)
+            .join(RegisteredModel, ModelVersion.model_id == RegisteredModel.id)
+            .where(RegisteredModel.name == name, ModelVersion.version == version)
+            .options(selectinload(ModelVersion.tags))
+        )
+        if lock:
+            stmt = stmt.with_for_update(of=ModelVersion)
+        row = session.scalars(stmt).one_or_none()
+        if row is None:
+            raise errors.NotFoundError(f"version {version} of model {name!r} does not exist")
+        return row
+
+    @staticmethod
+    def _aliases_by_model(session: Session, model_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+        out: dict[int, dict[str, int]] = {mid: {} for mid in model_ids}
+        if not model_ids:
+            return out
+        rows = session.execute(
+            select(Alias.model_id, Alias.name, ModelVersion.version)
+            .join(ModelVersion, Alias.version_id == ModelVersion.id)
+            .where(Alias.model_id.in_(model_ids))
+        )
+        for model_id, alias, version in rows:
+            out[model_id][alias] = version
+        return out
+
+    @staticmethod
+    def _aliases_by_version(session: Session, version_ids: Sequence[int]) -> dict[int, list[str]]:
+        out: dict[int, list[str]] = {vid: [] for vid in version_ids}
+        if not version_ids:
+            return out
+        for version_id, alias in session.execute(
+            select(Alias.version_id, Alias.name).where(Alias.version_id.in_(version_ids)).order_by(Alias.name)
+        ):
+            out[version_id].append(alias)
+        return out
+
+    @staticmethod
+    def _model_public(row: RegisteredModel, aliases: dict[str, int]) -> schemas.ModelPublic:
+        return schemas.ModelPublic(
+            name=row.name,
+            description=row.description,
+            tags={t.key: t.value for t in row.tags},
+            created_by=row.created_by,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            latest_version=row.last_version,
+            aliases=dict(sorted(aliases.items())),
+        )
+
+    @staticmethod
+    def _version_public(row: ModelVersion, aliases: list[str]) -> schemas.VersionPublic:
+        artifact = None
+        if row.artifact_digest is not None:
+            artifact = schemas.ArtifactInfo(
+                digest=row.artifact_digest, size=row.artifact_size or 0, filename=row.artifact_filename or ""
+            )
+        return schemas.VersionPublic(
+            model=row.model.name,
+            version=row.version,
+            description=row.description,
+            author=row.author,
+            source=row.source,
+            run_id=row.run_id,
+            framework=row.framework,
+            signature=schemas.Signature.model_validate(row.signature) if row.signature else None,
+            metrics=row.metrics,
+            params=row.params,
+            tags={t.key: t.value for t in row.tags},
+            status=row.status,
+            status_message=row.status_message,
+            artifact=artifact,
+            aliases=aliases,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+    def _model_versioned(self, session: Session, row: RegisteredModel) -> Versioned[schemas.ModelPublic]:
+        aliases = self._aliases_by_model(session, [row.id])[row.id]
+        return Versioned(model_etag(row), self._model_public(row, aliases))
+
+    def _version_versioned(self, session: Session, row: ModelVersion) -> Versioned[schemas.VersionPublic]:
+        aliases = self._aliases_by_version(session, [row.id])[row.id]
+        return Versioned(version_etag(row), self._version_public(row, aliases))
+
+    @staticmethod
+    def _audit(
+        session: Session,
+        actor: str,
+        action: str,
+        object_type: str,
+        object_id: str,
+        before: Any = None,
+        after: Any = None,
+    ) -> None:
+        def dump(value: Any) -> dict[str, Any] | None:
+            if value is None:
+                return None
+            if hasattr(value, "model_dump"):
+                return dict(value.model_dump(mode="json"))
+            return dict(value)
+
+        session.add(
+            AuditEntry(
+                actor=actor,
+                action=action,
+                object_type=object_type,
+                object_id=object_id,
+                before=dump(before),
+                after=dump(after),
+            )
+        )
+
+    @staticmethod
+    def _enqueue(session: Session, event: str, payload: dict[str, Any]) -> None:
+        """Queue one delivery per subscribed webhook, inside the transaction of the event itself."""
+        for hook in session.scalars(select(Webhook).where(Webhook.active.is_(True))):
+            if event in hook.events:
+                session.add(
+                    WebhookDelivery(webhook_id=hook.id, event=event, payload={"event": event, **payload})
+                )
+
+    # --- models -------------------------------------------------------------------------------
+
+    def create_model(self, actor: str, data: schemas.ModelCreate) -> Versioned[schemas.ModelPublic]:
+        try:
+            with self.db.write() as s:
+                now = utcnow()
+                row = RegisteredModel(
+                    name=data.name,
+                    description=data.description,
+                    created_by=actor,
+                    created_at=now,
+                    updated_at=now,
+                    revision=1,
+                    last_version=0,
+                )
+                row.tags = [ModelTag(key=k, value=v) for k, v in data.tags.items()]
+                s.add(row)
+                s.flush()
+                result = Versioned(model_etag(row), self._model_public(row, {}))
+                self._audit(s, actor, "model.create", "model", data.name, after=result.body)
+                return result
+        except IntegrityError as exc:
+            if _is_unique_violation(exc):
+                raise errors.AlreadyExistsError(f"model {data.name!r} already exists") from exc
+            raise
+
+    def get_model(self, name: str) -> Versioned[schemas.ModelPublic]:
+        with self.db.read() as s:
+            return self._model_versioned(s, self._model_row(s, name))
+
+    def list_models(
+        self,
+        name_prefix: str | None,
+        tags: Sequence[tuple[str, str | None]],
+        allowed_prefixes: Sequence[str],
+        after: int | None,
+        limit: int,
+    ) -> tuple[list[schemas.ModelPublic], int | None]:
+        stmt = (
+            select(RegisteredModel).order_by(RegisteredModel.id).options(selectinload(RegisteredModel.tags))
+        )
+        if name_prefix:
+            stmt = stmt.where(RegisteredModel.name.startswith(name_prefix, autoescape=True))
+        if allowed_prefixes:
+            stmt = stmt.where(_like_prefix(RegisteredModel.name, allowed_prefixes))
+        for key, value in tags:
+            cond = select(ModelTag.model_id).where(ModelTag.key == key)
+            if value is not None:
+                cond = cond.where(ModelTag.value == value)
+            stmt = stmt.where(RegisteredModel.id.in_(cond))
+        if after is not None:
+            stmt = stmt.where(RegisteredModel.id > after)
+        with self.db.read() as s:
+            rows = list(s.scalars(stmt.limit(limit + 1)))
+            more = len(rows) > limit
+            rows = rows[:limit]
+            aliases = self._aliases_by_model(s, [r.id for r in rows])
+            items = [self._model_public(r, aliases[r.id]) for r in rows]
+        return items, (rows[-1].id if more and rows else None)
+
+    def update_model(
+        self, actor: str, name: str, data: schemas.ModelUpdate, if_match: str | None
+    ) -> Versioned[schemas.ModelPublic]:
+        with self.db.write() as s:
+            row = self._model_row(s, name, lock=True)
+            _check_if_match(if_match, model_etag(row))
+            before = self._model_versioned(s, row).body
+            if data.description is not None:
+                row.description = data.description
+            row.revision += 1
+            row.updated_at = utcnow()
+            s.flush()
+            result = self._model_versioned(s, row)
+            self._audit(s, actor, "model.update", "model", name, before=before, after=result.body)
+            return result
+
+    def delete_model(self, actor: str, name: str, if_match: str | None) -> None:
+        with self.db.write() as s:
+            row = self._model_row(s, name, lock=True)
+            _check_if_match(if_match, model_etag(row))
+            deployed = s.scalars(
+                select(DeploymentRecord)
+                .join(ModelVersion, DeploymentRecord.version_id == ModelVersion.id)
+                .where(ModelVersion.model_id == row.id)
+                .limit(5)
+            ).all()
+            if deployed:
+                names = ", ".join(f"{d.namespace}/{d.deployment}" for d in deployed)
+                raise errors.InUseError(
+                    f"model {name!r} has versions in use by deployments ({names}); "
+                    "remove those deployments (or their records) first"
+                )
+            before = self._model_versioned(s, row).body
+            s.execute(delete(RegisteredModel).where(RegisteredModel.id == row.id))
+            self._audit(s, actor, "model.delete", "model", name, before=before)
+
+    def set_model_tag(
+        self, actor: str, name: str, key: str, value: str | None
+    ) -> Versioned[schemas.ModelPublic]:
+        with self.db.write() as s:
+            row = self._model_row(s, name, lock=True)
+            before = self._model_versioned(s, row).body
+            existing = {t.key: t for t in row.tags}
+            if value is None:
+                if key not in existing:
+                    raise errors.NotFoundError(f"model {name!r} has no tag {key!r}")
+                row.tags.remove(existing[key])
+            elif key in existing:
+                existing[key].value = value
+            else:
+                row.tags.append(ModelTag(key=key, value=value))
+            row.revision += 1
+            row.updated_at = utcnow()
+            s.flush()
+            result = self._model_versioned(s, row)
+            action = "model.tag.delete" if value is None else "model.tag.set"
+            self._audit(s, actor, action, "model", name, before=before, after=result.body)
+            return result
+
+    # --- versions -----------------------------------------------------------------------------
+
+    def create_version(
+        self, actor: str, name: str, data: schemas.VersionCreate
+    ) -> Versioned[schemas.VersionPublic]:
+        last_exc: Exception | None = None
+        for attempt in range(VERSION_CREATE_ATTEMPTS):
+            try:
+                return self._create_version_once(actor, name, data)
+            except IntegrityError as exc:
+                if not _is_unique_violation(exc):
+                    raise
+                last_exc = exc
+                log.warning("version number collision on %s (attempt %d); retrying", name, attempt + 1)
+            except OperationalError as exc:
+                # SQLite's busy timeout or a PostgreSQL serialization hiccup: the transaction rolled
+                # back as a whole, so retrying cannot double-insert.
+                last_exc = exc
+                log.warning("transient database error creating a version of %s: %s", name, exc)
+        raise errors.UnavailableError(
+            f"could not allocate a version number for {name!r} after {VERSION_CREATE_ATTEMPTS} attempts; "
+            "retry the request"
+        ) from last_exc
+
+    def _create_version_once(
+        self, actor: str, name: str, data: schemas.VersionCreate
+    ) -> Versioned[schemas.VersionPublic]:
+        with self.db.write() as s:
+            allocated = s.execute(
+                update(RegisteredModel)
+                .where(RegisteredModel.name == name)
+                .values(last_version=RegisteredModel.last_version + 1)
+                .returning(RegisteredModel.id, RegisteredModel.last_version),
+                execution_options={"synchronize_session": False},
+            ).one_or_none()
+            if allocated is None:
+                raise errors.NotFoundError(f"model {name!r} does not exist")
+            model_id, number = allocated
+            now = utcnow()
+            row = ModelVersion(
+                model_id=model_id,
+                version=number,
+                description=data.description,
+                author=data.author or actor,
+                source=data.source,
+                run_id=data.run_id,
+                framework=data.framework,
+                signature=data.signature.model_dump(mode="json") if data.signature else {},
+                metrics=dict(data.metrics),
+                params=dict(data.params),
+                status="PENDING",
+                status_message="",
+                created_at=now,
+                updated_at=now,
+                revision=1,
+            )
+            row.tags = [VersionTag(key=k, value=v) for k, v in data.tags.items()]
+            s.add(row)
+            s.flush()
+            s.refresh(row, ["model"])
+            result = Versioned(version_etag(row), self._version_public(row, []))
+            self._audit(s, actor, "version.create", "version", f"{name}/{number}", after=result.body)
+            self._enqueue(s, "version.created", {"model": name, "version": number, "actor": actor})
+            return result
+
+    def get_version(self, name: str, version: int) -> Versioned[schemas.VersionPublic]:
+        stmt = (
+            select(*_VERSION_COLUMNS, RegisteredModel.name)
+            .join(RegisteredModel, ModelVersion.model_id == RegisteredModel.id)
+            .where(RegisteredModel.name == name, ModelVersion.version == version)
+        )
+        found = self._read_version_fast(stmt)
+        if found is None:
+            raise errors.NotFoundError(f"version {version} of model {name!r} does not exist")
+        return found
+
+    def _model_row_exists(self, name: str) -> None:
+        with self.db.engine.connect() as conn:
+            if conn.execute(select(RegisteredModel.id).where(RegisteredModel.name == name)).first() is None:
+                raise errors.NotFoundError(f"model {name!r} does not exist")
+
+    def _read_version_fast(self, stmt: Any) -> Versioned[schemas.VersionPublic] | None:
+        """One version as its public form from Core rows: the read path that runs most often."""
+        with self.db.engine.connect() as conn:
+            row = conn.execute(stmt).first()
+            if row is None:
+                return None
+            m = row._mapping
+            extras = conn.execute(
+                union_all(
+                    select(literal("t"), VersionTag.key, VersionTag.value).where(
+                        VersionTag.version_id == m["id"]
+                    ),
+                    select(literal("a"), Alias.name, literal("")).where(Alias.version_id == m["id"]),
+                )
+            ).all()
+        tags = {k: v for kind, k, v in extras if kind == "t"}
+        aliases = sorted(k for kind, k, _ in extras if kind == "a")
+        artifact = None
+        if m["artifact_digest"] is not None:
+            artifact = schemas.ArtifactInfo(
+                digest=m["artifact_digest"],
+                size=m["artifact_size"] or 0,
+                filename=m["artifact_filename"] or "",
+            )
+        body = schemas.VersionPublic(
+            model=m["name"],
+            version=m["version"],
+            description=m["description"],
+            author=m["author"],
+            source=m["source"],
+            run_id=m["run_id"],
+            framework=m["framework"],
+            signature=schemas.Signature.model_validate(m["signature"]) if m["signature"] else None,
+            metrics=m["metrics"],
+            params=m["params"],
+            tags=tags,
+            status=m["status"],
+            status_message=m["status_message"],
+            artifact=artifact,
+            aliases=aliases,
+            created_at=m["created_at"],
+            updated_at=m["updated_at"],
+        )
+        return Versioned(f'"v{m["id"]}-{m["revision"]}"', body)
+
+    def list_versions(
+        self, flt: VersionFilter, after: int | None, limit: int
+    ) -> tuple[list[schemas.VersionPublic], int | None]:
+        stmt = (
+            select(ModelVersion)
+            .join(RegisteredModel, ModelVersion.model_id == RegisteredModel.id)
+            .options(selectinload(ModelVersion.tags))
+        )
+        if flt.model is not None:
+            stmt = stmt.where(RegisteredModel.name == flt.model).order_by(ModelVersion.version)
+            key_col: Any = ModelVersion.version
+        else:
+            stmt = stmt.order_by(ModelVersion.id)
+            key_col = ModelVersion.id
+        if flt.name_prefix:
+            stmt = stmt.where(RegisteredModel.name.startswith(flt.name_prefix, autoescape=True))
+        if flt.allowed_prefixes:
+            stmt = stmt.where(_like_prefix(RegisteredModel.name, flt.allowed_prefixes))
+        if flt.author is not None:
+            stmt = stmt.where(ModelVersion.author == flt.author)
+        if flt.framework is not None:
+            stmt = stmt.where(ModelVersion.framework == flt.framework)
+        if flt.status is not None:
+            stmt = stmt.where(ModelVersion.status == flt.status)
+        for key, value in flt.tags:
+            cond = select(VersionTag.version_id).where(VersionTag.key == key)
+            if value is not None:
+                cond = cond.where(VersionTag.value == value)
+            stmt = stmt.where(ModelVersion.id.in_(cond))
+        if after is not None:
+            stmt = stmt.where(key_col > after)
+        with self.db.read() as s:
+            if flt.model is not None:
+                self._model_row(s, flt.model)
+            rows = list(s.scalars(stmt.limit(limit + 1)).unique())
+            more = len(rows) > limit
+            rows = rows[:limit]
+            aliases = self._aliases_by_version(s, [r.id for r in rows])
+            items = [self._version_public(r, aliases[r.id]) for r in rows]
+        next_key = None
+        if more and rows:
+            next_key = rows[-1].version if flt.model is not None else rows[-1].id
+        return items, next_key
+
+    def update_version(
+        self, actor: str, name: str, version: int, data: schemas.VersionUpdate, if_match: str | None
+    ) -> Versioned[schemas.VersionPublic]:
+        with self.db.write() as s:
+            row = self._version_row(s, name, version, lock=True)
+            _check_if_match(if_match, version_etag(row))
+            before = self._version_versioned(s, row).body
+            became_ready = False
+            if data.status is not None and data.status != row.status:
+                if row.status != "PENDING":
+                    raise errors.InvalidStateError(
+                        f"version {version} of {name!r} is {row.status}; "
+                        "only a PENDING version changes status"
+                    )
+                if data.status == "READY" and row.source is None and row.artifact_digest is None:
+                    raise errors.InvalidStateError(
+                        "a version becomes READY by uploading its artifact (or, for a version with a "
+                        "source, by setting status READY); this one has neither"
+                    )
+                row.status = data.status
+                became_ready = data.status == "READY"
+            if data.description is not None:
+                row.description = data.description
+            if data.status_message is not None:
+                row.status_message = data.status_message
+            if data.metrics is not None:
+                row.metrics = {**row.metrics, **data.metrics}
+            row.revision += 1
+            row.updated_at = utcnow()
+            s.flush()
+            result = self._version_versioned(s, row)
+            self._audit(
+                s, actor, "version.update", "version", f"{name}/{version}", before=before, after=result.body
+            )
+            if became_ready:
+                self._enqueue(s, "version.ready", {"model": name, "version": version, "actor": actor})
+            return result
+
+    def delete_version(self, actor: str, name: str, version: int, if_match: str | None) -> None:
+        with self.db.write() as s:
+            row = self._version_row(s, name, version, lock=True)
+            _check_if_match(if_match, version_etag(row))
+            deployed = s.scalars(
+                select(DeploymentRecord).where(DeploymentRecord.version_id == row.id).limit(5)
+            ).all()
+            if deployed:
+                names = ", ".join(f"{d.namespace}/{d.deployment}" for d in deployed)
+                raise errors.InUseError(f"version {version} of {name!r} is in use by deployments ({names})")
+            aliases = self._aliases_by_version(s, [row.id])[row.id]
+            if aliases:
+                raise errors.InUseError(
+                    f"version {version} of {name!r} is the target of aliases {aliases}; "
+                    "move or delete them first"
+                )
+            before = self._version_versioned(s, row).body
+            s.execute(delete(ModelVersion).where(ModelVersion.id == row.id))
+            self._audit(s, actor, "version.delete", "version", f"{name}/{version}", before=before)
+
+    def set_version_tag(
+        self, actor: str, name: str, version: int, key: str, value: str | None
+    ) -> Versioned[schemas.VersionPublic]:
+        with self.db.write() as s:
+            row = self._version_row(s, name, version, lock=True)
+            before = self._version_versioned(s, row).body
+            existing = {t.key: t for t in row.tags}
+            if value is None:
+                if key not in existing:
+                    raise errors.NotFoundError(f"version {version} of {name!r} has no tag {key!r}")
+                row.tags.remove(existing[key])
+            elif key in existing:
+                existing[key].value = value
+            else:
+                row.tags.append(VersionTag(key=key, value=value))
+            row.revision += 1
+            row.updated_at = utcnow()
+            s.flush()
+            result = self._version_versioned(s, row)
+            action = "version.tag.delete" if value is None else "version.tag.set"
+            self._audit(s, actor, action, "version", f"{name}/{version}", before=before, after=result.body)
+            return result
+
+    def check_upload_allowed(self, name: str, version: int) -> None:
+        with self.db.read() as s:
+            row = self._version_row(s, name, version)
+            if row.status != "PENDING":
+                raise errors.InvalidStateError(
+                    f"version {version} of {name!r} is {row.status}; artifacts are immutable once a "
+                    "version is READY or FAILED: create a new version"
+                )
+
+    def attach_artifact(
+        self, actor: str, name: str, version: int, artifact: ArtifactRef
+    ) -> Versioned[schemas.VersionPublic]:
+        with self.db.write() as s:
+            row = self._version_row(s, name, version, lock=True)
+            if row.status != "PENDING":
+                raise errors.InvalidStateError(
+                    f"version {version} of {name!r} is {row.status}; artifacts are immutable once set"
+                )
+            before = self._version_versioned(s, row).body
+            row.artifact_digest = artifact.digest
+            row.artifact_size = artifact.size
+            row.artifact_filename = artifact.filename
+            row.status = "READY"
+            row.revision += 1
+            row.updated_at = utcnow()
+            s.flush()
+            result = self._version_versioned(s, row)
+            self._audit(
+                s,
+                actor,
+                "version.artifact.upload",
+                "version",
+                f"{name}/{version}",
+                before=before,
+                after=result.body,
+            )
+            self._enqueue(
+                s,
+                "version.ready",
+                {"model": name, "version": version, "digest": artifact.digest, "actor": actor},
+            )
+            return result
+
+    def get_artifact(self, name: str, version: int) -> ArtifactRef:
+        with self.db.read() as s:
+            row = self._version_row(s, name, version)
+            if row.artifact_digest is None or row.status != "READY":
+                raise errors.NotFoundError(
+                    f"version {version} of {name!r} has no artifact (status {row.status})"
+                )
+            return ArtifactRef(
+                row.artifact_digest, row.artifact_size or 0, row.artifact_filename or "artifact"
+            )
+
+    # --- aliases ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _alias_public(name: str, row: Alias) -> schemas.AliasPublic:
+        return schemas.AliasPublic(
+            model=name,
+            alias=row.name,
+            version=row.version.version,
+            updated_by=row.updated_by,
+            updated_at=row.updated_at,
+        )
+
+    def set_alias(self, actor: str, name: str, alias: str, version: int) -> schemas.AliasPublic:
+        with self.db.write() as s:
+            model = self._model_row(s, name, lock=True)
+            target = self._version_row(s, name, version)
+            current = s.get(Alias, (model.id, alias))
+            previous = current.version.version if current is not None else None
+            if current is None:
+                current = Alias(
+                    model_id=model.id, name=alias, version_id=target.id, updated_by=actor, updated_at=utcnow()
+                )
+                s.add(current)
+            else:
+                current.version_id = target.id
+                current.updated_by = actor
+                current.updated_at = utcnow()
+            s.flush()
+            s.refresh(current, ["version"])
+            if previous != version:
+                s.add(
+                    AliasEvent(
+                        model_id=model.id, alias=alias, from_version=previous, to_version=version, actor=actor
+                    )
+                )
+                self._enqueue(
+                    s,
+                    "alias.moved",
+                    {
+                        "model": name,
+                        "alias": alias,
+                        "from_version": previous,
+                        "to_version": version,
+                        "actor": actor,
+                    },
+                )
+            result = self._alias_public(name, current)
+            self._audit(
+                s,
+                actor,
+                "alias.set",
+                "alias",
+                f"{name}@{alias}",
+                before={"version": previous} if previous is not None else None,
+                after={"version": version},
+            )
+            return result
+
+    def get_alias(self, name: str, alias: str) -> schemas.AliasPublic:
+        with self.db.read() as s:
+            row = s.scalars(
+                select(Alias)
+                .join(RegisteredModel, Alias.model_id == RegisteredModel.id)
+                .where(RegisteredModel.name == name, Alias.name == alias)
+            ).one_or_none()
+            if row is None:
+                self._model_row(s, name)
+                raise errors.NotFoundError(f"model {name!r} has no alias {alias!r}")
+            return self._alias_public(name, row)
+
+    def resolve_alias(self, name: str, alias: str) -> Versioned[schemas.VersionPublic]:
+        """The version behind ``name@alias`` (the operator's hot path): two Core queries, no ORM."""
+        stmt = (
+            select(*_VERSION_COLUMNS, RegisteredModel.name)
+            .join(RegisteredModel, ModelVersion.model_id == RegisteredModel.id)
+            .join(Alias, Alias.version_id == ModelVersion.id)
+            .where(RegisteredModel.name == name, Alias.name == alias)
+        )
+        found = self._read_version_fast(stmt)
+        if found is None:
+            self._model_row_exists(name)
+            raise errors.NotFoundError(f"model {name!r} has no alias {alias!r}")
+        return found
+
+    def list_aliases(self, name: str) -> list[schemas.AliasPublic]:
+        with self.db.read() as s:
+            model = self._model_row(s, name)
+            rows = s.scalars(select(Alias).where(Alias.model_id == model.id).order_by(Alias.name))
+            return [self._alias_public(name, r) for r in rows]
+
+    def delete_alias(self, actor: str, name: str, alias: str) -> None:
+        with self.db.write() as s:
+            model = self._model_row(s, name, lock=True)
+            row = s.get(Alias, (model.id, alias))
+            if row is None:
+                raise errors.NotFoundError(f"model {name!r} has no alias {alias!r}")
+            previous = row.version.version
+            s.delete(row)
+            s.add(
+                AliasEvent(
+                    model_id=model.id, alias=alias, from_version=previous, to_version=None, actor=actor
+                )
+            )
+            self._audit(s, actor, "alias.delete", "alias", f"{name}@{alias}", before={"version": previous})
+
+    def alias_history(self, name: str, alias: str) -> list[schemas.AliasEventPublic]:
+        with self.db.read() as s:
+            model = self._model_row(s, name)
+            rows = s.scalars(
+                select(AliasEvent)
+                .where(AliasEvent.model_id == model.id, AliasEvent.alias == alias)
+                .order_by(AliasEvent.id)
+                .limit(10_000)
+            )
+            return [
+                schemas.AliasEventPublic(
+                    alias=r.alias,
+                    from_version=r.from_version,
+                    to_version=r.to_version,
+                    actor=r.actor,
+                    at=r.at,
+                )
+                for r in rows
+            ]
+
+    # --- deployments --------------------------------------------------------------------------
+
+    def report_deployment(
+        self, actor: str, name: str, version: int, namespace: str, deployment: str
+    ) -> schemas.DeploymentPublic:
+        with self.db.write() as s:
+            row = self._version_row(s, name, version, lock=True)
+            rec = s.scalars(
+                select(DeploymentRecord).where(
+                    DeploymentRecord.version_id == row.id,
+                    DeploymentRecord.namespace == namespace,
+                    DeploymentRecord.deployment == deployment,
+                )
+            ).one_or_none()
+            if rec is None:
+                rec = DeploymentRecord(
+                    version_id=row.id,
+                    namespace=namespace,
+                    deployment=deployment,
+                    reported_by=actor,
+                    reported_at=utcnow(),
+                )
+                s.add(rec)
+                self._audit(
+                    s,
+                    actor,
+                    "deployment.report",
+                    "version",
+                    f"{name}/{version}",
+                    after={"namespace": namespace, "deployment": deployment},
+                )
+            else:
+                rec.reported_by = actor
+                rec.reported_at = utcnow()
+            s.flush()
+            return schemas.DeploymentPublic(
+                model=name,
+                version=version,
+                namespace=namespace,
+                deployment=deployment,
+                reported_by=rec.reported_by,
+                reported_at=rec.reported_at,
+            )
+
+    def remove_deployment(self, actor: str, name: str, version: int, namespace: str, deployment: str) -> None:
+        with self.db.write() as s:
+            row = self._version_row(s, name, version, lock=True)
+            result = s.execute(
+                delete(DeploymentRecord).where(
+                    DeploymentRecord.version_id == row.id,
+                    DeploymentRecord.namespace == namespace,
+                    DeploymentRecord.deployment == deployment,
+                )
+            )
+            if getattr(result, "rowcount", 0) == 0:
+                raise errors.NotFoundError(
+                    f"no record of deployment {namespace}/{deployment} using version {version} of {name!r}"
+                )
+            self._audit(
+                s,
+                actor,
+                "deployment.remove",
+                "version",
+                f"{name}/{version}",
+                before={"namespace": namespace, "deployment": deployment},
+            )
+
+    def list_deployments(self, name: str) -> list[schemas.DeploymentPublic]:
+        with self.db.read() as s:
+            model = self._model_row(s, name)
+            rows = s.execute(
+                select(DeploymentRecord, ModelVersion.version)
+                .join(ModelVersion, DeploymentRecord.version_id == ModelVersion.id)
+                .where(ModelVersion.model_id == model.id)
+                .order_by(ModelVersion.version, DeploymentRecord.namespace, DeploymentRecord.deployment)
+            )
+            return [
+                schemas.DeploymentPublic(
+                    model=name,
+                    version=version,
+                    namespace=rec.namespace,
+                    deployment=rec.deployment,
+                    reported_by=rec.reported_by,
+                    reported_at=rec.reported_at,
+                )
+                for rec, version in rows
+            ]
+
+    # --- tokens -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _token_public(row: ApiToken) -> schemas.TokenPublic:
+        return schemas.TokenPublic(
+            id=row.id,
+            name=row.name,
+            scopes=list(row.scopes),
+            name_prefixes=list(row.name_prefixes),
+            created_by=row.created_by,
+            created_at=row.created_at,
+            revoked_at=row.revoked_at,
+        )
+
+    def create_token(
+        self, actor: str, data: schemas.TokenCreate, token_hash: str, replace: bool = False
+    ) -> schemas.TokenPublic:
+        try:
+            with self.db.write() as s:
+                existing = s.scalars(select(ApiToken).where(ApiToken.name == data.name)).one_or_none()
+                if existing is not None and replace:
+                    existing.token_hash = token_hash
+                    existing.scopes = list(data.scopes)
+                    existing.name_prefixes = list(data.name_prefixes)
+                    existing.revoked_at = None
+                    row = existing
+                else:
+                    row = ApiToken(
+                        name=data.name,
+                        token_hash=token_hash,
+                        scopes=list(data.scopes),
+                        name_prefixes=list(data.name_prefixes),
+                        created_by=actor,
+                        created_at=utcnow(),
+                    )
+                    s.add(row)
+                s.flush()
+                public = self._token_public(row)
+                self._audit(s, actor, "token.create", "token", data.name, after=public)
+                return public
+        except IntegrityError as exc:
+            if _is_unique_violation(exc):
+                raise errors.AlreadyExistsError(f"a token named {data.name!r} already exists") from exc
+            raise
+
+    def find_token(self, token_hash: str) -> TokenRecord | None:
+        with self.db.read() as s:
+            row = s.scalars(select(ApiToken).where(ApiToken.token_hash == token_hash)).one_or_none()
+            if row is None:
+                return None
+            return TokenRecord(
+                row.id,
+                row.name,
+                tuple(row.scopes),
+                tuple(row.name_prefixes),
+                revoked=row.revoked_at is not None,
+            )
+
+    def list_tokens(self) -> list[schemas.TokenPublic]:
+        with self.db.read() as s:
+            return [
+                self._token_public(r) for r in s.scalars(select(ApiToken).order_by(ApiToken.id).limit(10_000))
+            ]
+
+    def revoke_token(self, actor: str, token_id: int) -> None:
+        with self.db.write() as s:
+            row = s.get(ApiToken, token_id)
+            if row is None:
+                raise errors.NotFoundError(f"token {token_id} does not exist")
+            if row.revoked_at is None:
+                row.revoked_at = utcnow()
+                self._audit(s, actor, "token.revoke", "token", row.name)
+
+    # --- audit --------------------------------------------------------------------------------
+
+    def list_audit(
+        self, object_id: str | None, after: int | None, limit: int
+    ) -> tuple[list[schemas.AuditPublic], int | None]:
+        stmt = select(AuditEntry).order_by(AuditEntry.id)
+        if object_id is not None:
+            stmt = stmt.where(AuditEntry.object_id == object_id)
+        if after is not None:
+            stmt = stmt.where(AuditEntry.id > after)
+        with self.db.read() as s:
+            rows = list(s.scalars(stmt.limit(limit + 1)))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        items = [
+            schemas.AuditPublic(
+                id=r.id,
+                at=r.at,
+                actor=r.actor,
+                action=r.action,
+                object_type=r.object_type,
+                object_id=r.object_id,
+                before=r.before,
+                after=r.after,
+            )
+            for r in rows
+        ]
+        return items, (rows[-1].id if more and rows else None)
+
+    # --- webhooks -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _webhook_public(row: Webhook) -> schemas.WebhookPublic:
+        return schemas.WebhookPublic(
+            id=row.id,
+            url=row.url,
+            events=list(row.events),
+            active=row.active,
+            created_by=row.created_by,
+            created_at=row.created_at,
+        )
+
+    def create_webhook(self, actor: str, url: str, events: list[str], secret: str) -> schemas.WebhookPublic:
+        with self.db.write() as s:
+            row = Webhook(url=url, secret=secret, events=sorted(set(events)), active=True, created_by=actor)
+            s.add(row)
+            s.flush()
+            public = self._webhook_public(row)
+            self._audit(s, actor, "webhook.create", "webhook", str(row.id), after=public)
+            return public
+
+    def list_webhooks(self) -> list[schemas.WebhookPublic]:
+        with self.db.read() as s:
+            return [
+                self._webhook_public(r) for r in s.scalars(select(Webhook).order_by(Webhook.id).limit(10_000))
+            ]
+
+    def delete_webhook(self, actor: str, webhook_id: int) -> None:
+        with self.db.write() as s:
+            row = s.get(Webhook, webhook_id)
+            if row is None:
+                raise errors.NotFoundError(f"webhook {webhook_id} does not exist")
+            before = self._webhook_public(row)
+            s.execute(delete(Webhook).where(Webhook.id == webhook_id))
+            self._audit(s, actor, "webhook.delete", "webhook", str(webhook_id), before=before)
+
+    def list_deliveries(self, webhook_id: int, limit: int) -> list[schemas.DeliveryPublic]:
+        with self.db.read() as s:
+            if s.get(Webhook, webhook_id) is None:
+                raise errors.NotFoundError(f"webhook {webhook_id} does not exist")
+            rows = s.scalars(
+                select(WebhookDelivery)
+                .where(WebhookDelivery.webhook_id == webhook_id)
+                .order_by(WebhookDelivery.id.desc())
+                .limit(limit)
+            )
+            return [
+                schemas.DeliveryPublic(
+                    id=r.id,
+                    event=r.event,
+                    status=r.status,
+                    attempts=r.attempts,
+                    last_status_code=r.last_status_code,
+                    last_error=r.last_error,
+                    created_at=r.created_at,
+                    delivered_at=r.delivered_at,
+                    payload=r.payload,
+                )
+                for r in rows
+            ]
+
+    def due_deliveries(self, now: dt.datetime, limit: int) -> list[DueDelivery]:
+        with self.db.read() as s:
+            rows = s.execute(
+                select(WebhookDelivery, Webhook)
+                .join(Webhook, WebhookDelivery.webhook_id == Webhook.id)
+                .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
+                .order_by(WebhookDelivery.id)
+                .limit(limit)
+            )
+            return [DueDelivery(d.id, w.id, w.url, w.secret, d.event, d.payload, d.attempts) for d, w in rows]
+
+    def record_delivery(
+        self,
+        delivery_id: int,
+        ok: bool,
+        status_code: int | None,
+        error: str,
+        next_attempt_at: dt.datetime | None,
+    ) -> None:
+        with self.db.write() as s:
+            row = s.get(WebhookDelivery, delivery_id)
+            if row is None:
+                return
+            row.attempts += 1
+            row.last_status_code = status_code
+            row.last_error = error[:2000]
+            if ok:
+                row.status = "delivered"
+                row.delivered_at = utcnow()
+            elif next_attempt_at is None:
+                row.status = "failed"
+            else:
+                row.next_attempt_at = next_attempt_at
+
+    # --- health -------------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        with self.db.read() as s:
+            s.execute(text("SELECT 1"))
+
+    def count_versions(self) -> int:
+        with self.db.read() as s:
+            return int(s.scalar(select(func.count()).select_from(ModelVersion)) or 0)
