@@ -71,7 +71,9 @@ def model_config(
         config.dynamic_batching.max_queue_delay_microseconds = int(max_latency_ms * 1000)
     group = config.instance_group.add()
     group.count = 1
-    group.kind = pb.ModelInstanceGroup.KIND_GPU if gpus > 0 else pb.ModelInstanceGroup.KIND_CPU
+    # With GPUs asked for, AUTO: CUDA when the device plugin made one visible (always, on a real
+    # GPU node), so the same configuration also runs where GPUs are only simulated.
+    group.kind = pb.ModelInstanceGroup.KIND_AUTO if gpus > 0 else pb.ModelInstanceGroup.KIND_CPU
     config.version_policy.specific.versions.append(version)
     config.parameters["artifact_uri"].string_value = artifact_uri
     if sha256:

@@ -29,7 +29,7 @@ from modelplane.operator.children import (
     service_url,
     total_gpus,
 )
-from modelplane.operator.resolver import ResolutionError, Resolved, Resolver, spec_sources
+from modelplane.operator.resolver import ResolutionError, Resolved, Resolver, ServingOptions, spec_sources
 from modelplane.operator.status.conditions import merge_conditions, now_rfc3339, transitions
 from modelplane.operator.status.readiness import (
     Observation,
@@ -115,11 +115,9 @@ class Reconciler:
     async def _resolve_all(
         self, spec: api.ModelDeploymentSpec
     ) -> tuple[Resolved | None, dict[Role, Resolved], ResolutionError | None]:
-        batching = (spec.batching.max_batch_size, spec.batching.max_latency_ms)
+        options = ServingOptions.from_spec(spec)
         try:
-            stable = await self.resolver.resolve(
-                spec.model.name, spec_sources(spec.model), "stable", *batching
-            )
+            stable = await self.resolver.resolve(spec.model.name, spec_sources(spec.model), "stable", options)
             others: dict[Role, Resolved] = {}
             targets: list[tuple[Role, api.TrafficTarget | None]] = [
                 ("canary", spec.traffic.canary),
@@ -127,7 +125,7 @@ class Reconciler:
             ]
             for role, target in targets:
                 if target is not None and target.percent > 0:
-                    others[role] = await self.resolver.resolve(spec.model.name, target, role, *batching)
+                    others[role] = await self.resolver.resolve(spec.model.name, target, role, options)
             return stable, others, None
         except ResolutionError as exc:
             return None, {}, exc

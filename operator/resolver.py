@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from modelplane.operator.api.v1alpha1 import ModelSource, ModelSpec
+from modelplane.operator.api.v1alpha1 import ModelDeploymentSpec, ModelSource, ModelSpec
 from modelplane.operator.children import Role, ServedVersion
 
 
@@ -34,11 +34,24 @@ class Resolved:
     description: str  # for the ModelResolved condition, e.g. "iris version 3 (alias production)"
 
 
+@dataclass(frozen=True)
+class ServingOptions:
+    """What of the spec shapes the runtime configuration."""
+
+    max_batch_size: int
+    max_latency_ms: float
+    gpus: int
+
+    @classmethod
+    def from_spec(cls, spec: ModelDeploymentSpec) -> ServingOptions:
+        return cls(spec.batching.max_batch_size, spec.batching.max_latency_ms, spec.resources.gpu.count)
+
+
 class Resolver(Protocol):
     """Turns (model name, source) into what to serve; implemented against the registry."""
 
     async def resolve(
-        self, name: str, source: ModelSource, role: Role, max_batch_size: int, max_latency_ms: float
+        self, name: str, source: ModelSource, role: Role, options: ServingOptions
     ) -> Resolved: ...
 
 

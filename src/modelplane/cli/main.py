@@ -55,12 +55,14 @@ def up() -> None:
     raise typer.Exit(code=2)
 
 
-from modelplane.cli import crds, router  # noqa: E402  (subcommand modules attach to `app`)
+from modelplane.cli import crds, operator_command, router  # noqa: E402  (subcommands attach to `app`)
 
 app.add_typer(crds.app, name="crds")
 app.command(name="router")(router.router)
+app.command(name="operator")(operator_command.operator)
 app.add_typer(dev_cluster.app, name="dev-cluster")
 app.command()(runtime_command.runtime)
+app.command(name="prepare-model")(runtime_command.prepare_model)
 
 
 def main() -> None:

@@ -70,3 +70,36 @@ def runtime(
             cache_dir=cache_dir,
         )
     )
+
+
+def prepare_model(
+    model_repository: Annotated[
+        Path, typer.Option("--model-repository", help="Repository folder to write into (created if missing).")
+    ],
+    name: Annotated[str, typer.Option("--name", help="Model name (the folder in the repository).")],
+    version: Annotated[int, typer.Option("--version", min=1, help="Model version (the version folder).")],
+    config_env: Annotated[
+        str, typer.Option("--config-env", help="Environment variable holding the config.pbtxt text.")
+    ] = "MODELPLANE_MODEL_CONFIG",
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option("--cache-dir", help="Artifact cache (default: REPOSITORY/.cache, as the runtime)."),
+    ] = None,
+) -> None:
+    """Write a model's configuration into a repository and download its artifact (init container)."""
+    import os
+
+    from modelplane.serving.runtime.artifacts import ArtifactError
+    from modelplane.serving.runtime.prepare import PrepareError
+    from modelplane.serving.runtime.prepare import prepare_model as prepare
+
+    config_text = os.environ.get(config_env)
+    if not config_text:
+        typer.echo(f"error: ${config_env} is empty: it must hold the model's config.pbtxt", err=True)
+        raise typer.Exit(code=2)
+    try:
+        path = prepare(model_repository, name, version, config_text, cache_dir)
+    except (PrepareError, ArtifactError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    typer.echo(f"prepared {name} version {version}: {path}")

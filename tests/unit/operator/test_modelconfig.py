@@ -35,7 +35,7 @@ def test_batched_signature_drops_the_batch_dim_and_enables_dynamic_batching() ->
     assert list(config.input[0].dims) == [64]
     assert config.input[0].data_type == pb.TYPE_FP32
     assert config.dynamic_batching.max_queue_delay_microseconds == 2500
-    assert config.instance_group[0].kind == pb.ModelInstanceGroup.KIND_GPU
+    assert config.instance_group[0].kind == pb.ModelInstanceGroup.KIND_AUTO
     assert list(config.version_policy.specific.versions) == [3]
     assert config.parameters["artifact_uri"].string_value == "http://r/a"
     assert config.parameters["artifact_sha256"].string_value == "c" * 64

@@ -1,0 +1,106 @@
+"""Resolving model references through the registry's REST API (the typed client, off the loop).
+
+A version or alias becomes a :class:`ServedVersion`: the artifact's download URL and digest, and
+the runtime configuration written from the version's signature. A direct ``storageUri`` needs a
+signature too; it is taken from the registry's copy of the model when one exists, and the
+operator otherwise reports what is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import httpx
+
+from modelplane.operator.api.v1alpha1 import ModelSource
+from modelplane.operator.children import Role, ServedVersion
+from modelplane.operator.modelconfig import SignatureError, Tensor, model_config
+from modelplane.operator.resolver import ResolutionError, Resolved, ServingOptions
+from modelplane.serving.registry.client import RegistryClient, RegistryClientError
+from modelplane.serving.registry.schemas import VersionPublic
+
+
+@dataclass(frozen=True)
+class RegistryResolver:
+    """Resolves against one registry; ``artifact_base_url`` is how pods reach it (may differ from
+    ``base_url`` when the operator runs outside the cluster)."""
+
+    base_url: str
+    token: str | None
+    artifact_base_url: str | None = None
+    timeout_s: float = 10.0
+
+    async def resolve(self, name: str, source: ModelSource, role: Role, options: ServingOptions) -> Resolved:
+        return await asyncio.to_thread(self._resolve, name, source, role, options)
+
+    def _resolve(self, name: str, source: ModelSource, role: Role, options: ServingOptions) -> Resolved:
+        if source.storage_uri is not None:
+            raise ResolutionError(
+                "SignatureUnknown",
+                f"storageUri {source.storage_uri} needs a tensor signature: register the model in the "
+                "registry (with a signature) and refer to its version or alias instead",
+                temporary=False,
+            )
+        version = self._fetch(name, source)
+        if version.status != "READY" or version.artifact is None:
+            raise ResolutionError(
+                "VersionNotReady",
+                f"model {name!r} version {version.version} is {version.status} (no verified artifact yet)",
+                temporary=version.status == "PENDING",
+            )
+        digest = version.artifact.digest.removeprefix("sha256:")
+        base = (self.artifact_base_url or self.base_url).rstrip("/")
+        artifact_uri = f"{base}/api/v1/models/{quote(name, safe='')}/versions/{version.version}/artifact"
+        signature = version.signature
+        inputs = [Tensor(t.name, t.datatype, tuple(t.shape)) for t in (signature.inputs if signature else [])]
+        outputs = [
+            Tensor(t.name, t.datatype, tuple(t.shape)) for t in (signature.outputs if signature else [])
+        ]
+        try:
+            config = model_config(
+                name,
+                inputs,
+                outputs,
+                max_batch_size=options.max_batch_size,
+                max_latency_ms=options.max_latency_ms,
+                gpus=options.gpus,
+                artifact_uri=artifact_uri,
+                sha256=digest,
+                version=version.version,
+            )
+        except SignatureError as exc:
+            raise ResolutionError("SignatureInvalid", str(exc), temporary=False) from exc
+        served = ServedVersion(role, name, version.version, artifact_uri, digest, config)
+        via = f" (alias {source.alias})" if source.alias else ""
+        return Resolved(
+            served=served, description=f"{name} version {version.version}{via}, sha256:{digest[:12]}"
+        )
+
+    def _fetch(self, name: str, source: ModelSource) -> VersionPublic:
+        try:
+            with RegistryClient(self.base_url, token=self.token, timeout=self.timeout_s) as client:
+                return client.resolve(name, version=source.version, alias=source.alias)
+        except RegistryClientError as exc:
+            if exc.status == 404:
+                what = f"alias {source.alias!r}" if source.alias else f"version {source.version}"
+                raise ResolutionError(
+                    "AliasNotFound" if source.alias else "ModelNotFound",
+                    f"model {name!r} {what} is not in the registry: {exc.detail}",
+                    temporary=False,
+                ) from exc
+            if exc.status in (401, 403):
+                raise ResolutionError(
+                    "RegistryUnauthorized",
+                    f"the registry refused the operator's token ({exc.status}): "
+                    "give it a token with the read scope",
+                    temporary=True,
+                ) from exc
+            raise ResolutionError("RegistryError", str(exc), temporary=True) from exc
+        except httpx.HTTPError as exc:
+            raise ResolutionError(
+                "RegistryUnavailable",
+                f"the registry at {self.base_url} is unreachable: {exc}",
+                temporary=True,
+            ) from exc

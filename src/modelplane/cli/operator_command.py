@@ -1,0 +1,85 @@
+"""``modelplane operator``: run the ModelDeployment operator (kopf) against the current cluster."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def operator(
+    registry_url: Annotated[
+        str, typer.Option("--registry-url", envvar="MODELPLANE_REGISTRY_URL", help="The registry's base URL.")
+    ],
+    registry_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--registry-token-file",
+            help="File with the registry token (else $MODELPLANE_REGISTRY_TOKEN).",
+            dir_okay=False,
+        ),
+    ] = None,
+    artifact_base_url: Annotated[
+        str | None,
+        typer.Option("--artifact-base-url", help="Registry URL as pods reach it (default: --registry-url)."),
+    ] = None,
+    artifact_token_secret: Annotated[
+        str | None,
+        typer.Option("--artifact-token-secret", help="Secret (key `token`) pods use to download artifacts."),
+    ] = None,
+    runtime_image: Annotated[
+        str | None, typer.Option("--runtime-image", help="Default runtime image.")
+    ] = None,
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option("--namespace", "-n", help="Watch only these namespaces (default: all)."),
+    ] = None,
+    standalone: Annotated[
+        bool, typer.Option("--standalone", help="No peering: only for a single replica (development).")
+    ] = False,
+    health_port: Annotated[
+        int, typer.Option("--health-port", help="Liveness endpoint port (/healthz).")
+    ] = 8080,
+    metrics_port: Annotated[int, typer.Option("--metrics-port", help="Prometheus metrics port.")] = 9090,
+    router_metrics_url: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--router-metrics-url", help="A router's /metrics URL (repeat); enables the autoscaler."
+        ),
+    ] = None,
+    drain_seconds: Annotated[
+        int, typer.Option("--drain-seconds", min=0, help="Seconds a serving pod drains on termination.")
+    ] = 30,
+) -> None:
+    """Reconcile ModelDeployments into serving pods, report their status, and scale them with load."""
+    from modelplane.operator.children import OperatorSettings
+    from modelplane.operator.main import RunOptions, run_forever
+    from modelplane.operator.registry_resolver import RegistryResolver
+
+    token = os.environ.get("MODELPLANE_REGISTRY_TOKEN")
+    if registry_token_file is not None:
+        try:
+            token = registry_token_file.read_text().strip()
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot read {registry_token_file}: {exc}") from exc
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = OperatorSettings(artifact_token_secret=artifact_token_secret, drain_seconds=drain_seconds)
+    if runtime_image:
+        settings = OperatorSettings(
+            runtime_image=runtime_image,
+            artifact_token_secret=artifact_token_secret,
+            drain_seconds=drain_seconds,
+        )
+    options = RunOptions(
+        namespaces=tuple(namespace or ()),
+        peering=None if standalone else "modelplane",
+        health_port=health_port,
+        metrics_port=metrics_port,
+        router_metrics_urls=tuple(router_metrics_url or ()),
+        settings=settings,
+    )
+    resolver = RegistryResolver(base_url=registry_url, token=token, artifact_base_url=artifact_base_url)
+    run_forever(options, resolver)
