@@ -127,7 +127,7 @@ def register(
             raise kopf.TemporaryError(outcome.retry_reason, delay=outcome.retry_after)
 
     kopf.on.create(*resource, registry=registry)(on_change)
-    kopf.on.update(*resource, registry=registry, field="spec")(on_change)
+    kopf.on.update(*resource, registry=registry)(on_change)
     kopf.on.resume(*resource, registry=registry)(on_change)
     kopf.timer(*resource, registry=registry, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)(on_change)
 

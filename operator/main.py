@@ -59,6 +59,10 @@ async def run(options: RunOptions, resolver: Resolver, stop: threading.Event | N
     register(registry, Reconciler(kube, resolver, options.settings), loads)
     scraper = asyncio.create_task(loads.run()) if loads is not None else None
 
+    # A private registry has no default login handler: authenticate like the official client does
+    # (in-cluster service account, else the kubeconfig).
+    kopf.on.login(registry=registry)(kopf.login_via_client)
+
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: object) -> None:
         _configure_kopf(settings, options.peering)

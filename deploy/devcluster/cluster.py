@@ -555,3 +555,56 @@ def status(directory: Path) -> dict[str, Any]:
         summary["nodes"] = {s.name: s.name in ready for s in state.node_specs}
         summary["kwok_nodes_ready"] = len([n for n in ready if n.startswith("kwok-")])
     return summary
+
+
+def add_nodes(directory: Path, mix: str, timeout: float = 60.0) -> list[str]:
+    """Add nodes (a mix such as ``h100:4``) to a running cluster; returns their names once Ready.
+
+    The node agent re-reads ``cluster.json`` and registers them: a cluster grows while it runs,
+    as when a cloud autoscaler adds a GPU node.
+    """
+    state = ClusterState.load(directory)
+    if state is None:
+        raise ClusterError(f"no dev cluster in {directory}: start one with `modelplane dev-cluster up`")
+    taken = {s.name for s in state.node_specs}
+    added: list[nodes.NodeSpec] = []
+    for spec in nodes.parse_mix(mix):
+        name, n = spec.name, 0
+        while name in taken:
+            n += 1
+            name = f"{spec.name}-{n}"
+        taken.add(name)
+        added.append(
+            nodes.NodeSpec(name=name, gpus=spec.gpus, product=spec.product, gpu_taint=spec.gpu_taint)
+        )
+    state.node_specs.extend(added)
+    state.save()
+    names = {s.name for s in added}
+    api = Api(Credentials.from_kubeconfig(state.kubeconfig))
+    try:
+        _wait(
+            f"nodes {', '.join(sorted(names))} Ready",
+            lambda: names <= ready_nodes(api),
+            timeout,
+            state,
+            "agent",
+        )
+    finally:
+        api.close()
+    return sorted(names)
+
+
+def remove_nodes(directory: Path, names: list[str]) -> None:
+    """Remove nodes added by :func:`add_nodes` (or any of the cluster's): unregister and delete them."""
+    state = ClusterState.load(directory)
+    if state is None:
+        raise ClusterError(f"no dev cluster in {directory}")
+    state.node_specs = [s for s in state.node_specs if s.name not in set(names)]
+    state.save()
+    api = Api(Credentials.from_kubeconfig(state.kubeconfig))
+    try:
+        for name in names:
+            with contextlib.suppress(ApiError):
+                api.delete(f"/api/v1/nodes/{name}")
+    finally:
+        api.close()

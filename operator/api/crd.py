@@ -88,19 +88,29 @@ def structural_schema(model: type[BaseModel]) -> JsonSchema:
     return convert(raw)
 
 
-def _with_object_defaults(schema: JsonSchema) -> JsonSchema:
-    """Default omitted sub-objects to ``{}`` so the API server fills in their own defaults."""
-    for sub in schema.get("properties", {}).values():
-        if sub.get("type") == "object" and "properties" in sub:
-            if not sub.get("required"):
-                sub.setdefault("default", {})
-            _with_object_defaults(sub)
+def _with_object_defaults(schema: JsonSchema, model: type[BaseModel]) -> JsonSchema:
+    """Default each omitted sub-object to its model's defaults, spelled out in full.
+
+    The API server validates a default against the object's CEL rules as it is written (nested
+    defaults are not applied to it first), so ``default: {}`` would fail ``minReplicas <=
+    maxReplicas``; the full default object passes, and a user who omits the section gets it.
+    """
+    for name, field in model.model_fields.items():
+        key = field.alias or name
+        sub = schema.get("properties", {}).get(key)
+        annotation = field.annotation
+        if sub is None or not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            continue
+        if field.default_factory is not None:
+            instance = field.default_factory()  # type: ignore[call-arg]
+            sub["default"] = instance.model_dump(by_alias=True, exclude_none=True, mode="json")
+        _with_object_defaults(sub, annotation)
     return schema
 
 
 def custom_resource_definition() -> JsonSchema:
     """The whole CRD object for ModelDeployment, ready to serialize."""
-    spec_schema = _with_object_defaults(structural_schema(api.ModelDeploymentSpec))
+    spec_schema = _with_object_defaults(structural_schema(api.ModelDeploymentSpec), api.ModelDeploymentSpec)
     status_schema = structural_schema(api.ModelDeploymentStatus)
     # kopf keeps handler progress under status; unknown status keys must survive pruning.
     status_schema["x-kubernetes-preserve-unknown-fields"] = True

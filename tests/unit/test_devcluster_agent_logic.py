@@ -198,3 +198,20 @@ def test_clusters_on_one_machine_claim_distinct_pod_networks() -> None:
         assert again == second  # released with its holder's file descriptor
     finally:
         os.close(fd1)
+
+
+def test_mount_paths_in_arguments_and_env_reach_the_volume_directories() -> None:
+    from modelplane.devcluster.agent.downward import remap_mount_paths
+
+    mounts = {
+        "/models": "/state/pod/volumes/model-repository",
+        "/tmp": "/state/pod/volumes/tmp",
+        "/models/cache": "/state/pod/volumes/cache",
+    }
+    assert remap_mount_paths("/models", mounts) == "/state/pod/volumes/model-repository"
+    assert remap_mount_paths("/models/iris/1", mounts) == "/state/pod/volumes/model-repository/iris/1"
+    assert remap_mount_paths("/models/cache/x", mounts) == "/state/pod/volumes/cache/x"
+    assert remap_mount_paths("/tmp", mounts) == "/state/pod/volumes/tmp"
+    assert remap_mount_paths("/modelsX", mounts) == "/modelsX"
+    assert remap_mount_paths("--host", mounts) == "--host"
+    assert remap_mount_paths("127.0.0.1", mounts) == "127.0.0.1"

@@ -218,3 +218,20 @@ def referenced_objects(pod: Mapping[str, Any]) -> tuple[set[str], set[str]]:
             if "secretKeyRef" in ref:
                 secrets.add(ref["secretKeyRef"].get("name", ""))
     return config_maps, secrets
+
+
+def remap_mount_paths(value: str, mounts: Mapping[str, str]) -> str:
+    """Stand in for a mount namespace: a value that is a volume's ``mountPath`` (or a path under
+    it) becomes the same path under the volume's directory on this machine.
+
+    A process here has no mount namespace, so ``/models`` cannot be the volume; rewriting the
+    container's arguments and env values that name such paths lets the same pod spec run
+    unchanged on a kubelet and on this agent. The longest matching mount wins.
+    """
+    for mount_path in sorted(mounts, key=len, reverse=True):
+        root = mount_path.rstrip("/") or "/"
+        if value == root:
+            return mounts[mount_path]
+        if root != "/" and value.startswith(root + "/"):
+            return mounts[mount_path] + value[len(root) :]
+    return value

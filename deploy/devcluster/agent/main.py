@@ -110,6 +110,26 @@ class Agent:
             await asyncio.sleep(HEARTBEAT)
             await self.heartbeat()
 
+    async def reload_nodes(self) -> None:
+        """Pick up nodes added to or removed from ``cluster.json`` while the cluster runs."""
+        specs = {s.name: s for s in _load_specs(self.state_dir)}
+        if specs.keys() == self.specs.keys():
+            return
+        added = [name for name in specs if name not in self.specs]
+        removed = [name for name in self.specs if name not in specs]
+        self.specs = specs
+        if added:
+            await self.register_nodes()
+        log.info("nodes now: %s (added %s, removed %s)", ", ".join(self.specs), added or "-", removed or "-")
+
+    async def reload_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.reload_nodes()
+            except Exception as exc:
+                log.warning("reloading the node list failed: %s", exc)
+
     # ---- pods --------------------------------------------------------------------------------
     def _used_ips(self) -> set[str]:
         return {w.pod_ip for w in self.workers.values()}
@@ -209,7 +229,11 @@ async def run(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     await agent.register_nodes()
     log.info("registered nodes: %s", ", ".join(agent.specs))
-    tasks = [asyncio.create_task(agent.heartbeat_loop()), asyncio.create_task(agent.sync_loop())]
+    tasks = [
+        asyncio.create_task(agent.heartbeat_loop()),
+        asyncio.create_task(agent.sync_loop()),
+        asyncio.create_task(agent.reload_loop()),
+    ]
     await stop.wait()
     log.info("stopping: terminating pod processes")
     for task in tasks:

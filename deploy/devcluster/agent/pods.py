@@ -13,8 +13,10 @@ Kubernetes defines it):
 - volumes as per-pod directories. A process cannot see them at their ``mountPath`` (there is no
   mount namespace), so it finds them through env: ``MODELPLANE_VOLUME_<NAME>`` (volume name upper
   cased, non-alphanumerics as ``_``) is the directory of each volume, and ``MODELPLANE_MOUNTS`` is
-  a JSON object mapping each of the container's ``mountPath`` to its directory. ``emptyDir`` starts
-  empty; ``configMap`` and ``secret`` volumes hold one file per key;
+  a JSON object mapping each of the container's ``mountPath`` to its directory. Arguments and env
+  values that name a ``mountPath`` (or a path under it) are rewritten to the volume's directory, so
+  ``--model-repository /models`` reaches the volume without the program knowing. ``emptyDir``
+  starts empty; ``configMap`` and ``secret`` volumes hold one file per key;
 - ``NVIDIA_VISIBLE_DEVICES`` with the GPU indices assigned to it (containers asking for
   ``nvidia.com/gpu``), as the NVIDIA device plugin would assign them;
 - stdout and stderr appended to ``<state>/pods/<namespace>_<name>_<uid8>/logs/<container>.log``.
@@ -235,14 +237,19 @@ class PodWorker:
         indices = self.gpu_indices.get(c.name)
         if indices:
             env["NVIDIA_VISIBLE_DEVICES"] = gpus.visible_devices(indices)
-        env.update(
-            downward.build_env(c.spec, self.pod, self.pod_ip, "127.0.0.1", config_maps, secrets, allocatable)
+        mounts = self._mounts(c.spec)
+        declared = downward.build_env(
+            c.spec, self.pod, self.pod_ip, "127.0.0.1", config_maps, secrets, allocatable
         )
+        env.update({name: downward.remap_mount_paths(value, mounts) for name, value in declared.items()})
         return env
 
     def _argv(self, c: Container) -> list[str]:
-        argv = [downward.expand(str(a), c.env) for a in (c.spec.get("command") or [])]
-        argv += [downward.expand(str(a), c.env) for a in (c.spec.get("args") or [])]
+        mounts = self._mounts(c.spec)
+        argv = [
+            downward.remap_mount_paths(downward.expand(str(a), c.env), mounts)
+            for a in [*(c.spec.get("command") or []), *(c.spec.get("args") or [])]
+        ]
         if not argv:
             raise downward.EnvError(
                 "the dev cluster runs a container's `command` (images are not pulled); this one has none"

@@ -73,6 +73,16 @@ class Cluster:
             check=False,
         )
 
+    def add_nodes(self, mix: str) -> list[str]:
+        """Grow the dev cluster by the nodes of ``mix`` (e.g. ``h100:4``); returns their names, Ready."""
+        if self.state_dir is None:
+            raise AssertionError("adding nodes needs the dev cluster")
+        return devcluster.add_nodes(self.state_dir, mix)
+
+    def remove_nodes(self, names: list[str]) -> None:
+        if self.state_dir is not None:
+            devcluster.remove_nodes(self.state_dir, names)
+
     def get_json(self, *args: str) -> Any:
         return json.loads(self.kubectl("get", "-o", "json", *args).stdout)
 

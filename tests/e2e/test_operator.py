@@ -1,0 +1,448 @@
+"""The operator on a real control plane: from `kubectl apply` to GPU-scheduled pods that serve.
+
+One registry (SQLite) holds two versions of a real TorchScript MLP; the operator runs as a process
+against the test cluster; the node agent runs the serving pods' commands, so pods really load the
+model and answer tritonclient.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.http as httpclient
+import yaml
+
+from modelplane.testing.cluster import Cluster, wait_for
+from modelplane.testing.operator import OperatorProcess, register_mlp
+from modelplane.testing.registry import ADMIN_TOKEN, RegistryProcess
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "deploy" / "examples"
+
+
+@pytest.fixture(scope="module")
+def model_registry(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[RegistryProcess, dict[int, Any]]]:
+    base = tmp_path_factory.mktemp("operator-registry")
+    server = RegistryProcess(
+        database_url=f"sqlite:///{base / 'registry.db'}",
+        artifact_root=base / "artifacts",
+        log_path=base / "log",
+    ).start()
+    with server.client() as client:
+        modules = register_mlp(client, base / "models", "iris", seeds=[1, 2])
+        client.set_alias("iris", "production", 1)
+    try:
+        yield server, modules
+    finally:
+        server.stop()
+
+
+ARTIFACT_SECRET = "modelplane-artifact-token"
+
+
+@pytest.fixture(scope="module")
+def read_token(model_registry: tuple[RegistryProcess, Any]) -> str:
+    server, _ = model_registry
+    with server.client() as client:
+        return client.create_token("serving-pods", scopes=["read"]).token
+
+
+@pytest.fixture
+def namespace(namespace: str, cluster: Cluster, read_token: str) -> str:
+    """The test's namespace, with the Secret the serving pods download artifacts with."""
+    cluster.kubectl(
+        "create", "secret", "generic", ARTIFACT_SECRET, "-n", namespace, f"--from-literal=token={read_token}"
+    )
+    return namespace
+
+
+@pytest.fixture(scope="module")
+def crds(cluster_session: Cluster) -> None:
+    cluster_session.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+    cluster_session.kubectl(
+        "wait", "--for=condition=Established", "crd/modeldeployments.modelplane.io", "--timeout=60s"
+    )
+
+
+@pytest.fixture(scope="module")
+def operator(
+    cluster_session: Cluster,
+    crds: None,
+    model_registry: tuple[RegistryProcess, Any],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[OperatorProcess]:
+    server, _ = model_registry
+    process = OperatorProcess(
+        kubeconfig=cluster_session.kubeconfig,
+        registry_url=server.url,
+        registry_token=ADMIN_TOKEN,
+        log_path=tmp_path_factory.mktemp("operator") / "operator.log",
+        extra_args=["--artifact-token-secret", ARTIFACT_SECRET],
+    ).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+        print(f"\n----- operator log -----\n{process.log_tail()}")
+
+
+def md_manifest(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "modelplane.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def get_md(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    result: dict[str, Any] = cluster.get_json("modeldeployment", name, "-n", namespace)
+    return result
+
+
+def condition(md: dict[str, Any], kind: str) -> dict[str, Any]:
+    for item in md.get("status", {}).get("conditions", []):
+        if item["type"] == kind:
+            return dict(item)
+    return {}
+
+
+def wait_ready(
+    cluster: Cluster, namespace: str, name: str, replicas: int, timeout: float = 180
+) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        md = get_md(cluster, namespace, name)
+        status = md.get("status", {})
+        ok = condition(md, "Ready").get("status") == "True" and status.get("readyReplicas") == replicas
+        return md if ok else None
+
+    result: dict[str, Any] = wait_for(f"{name} Ready with {replicas} replicas", check, timeout=timeout)
+    return result
+
+
+def serving_pods(cluster: Cluster, namespace: str, name: str, role: str = "stable") -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = cluster.get_json(
+        "pods", "-n", namespace, "-l", f"modelplane.io/deployment={name},modelplane.io/role={role}"
+    )["items"]
+    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+
+
+def infer(pod_ip: str, batch: np.ndarray) -> np.ndarray:
+    client = httpclient.InferenceServerClient(f"{pod_ip}:8000", connection_timeout=10, network_timeout=30)
+    inputs = [httpclient.InferInput("INPUT__0", list(batch.shape), "FP32")]
+    inputs[0].set_data_from_numpy(batch)
+    result = client.infer("iris", inputs, outputs=[httpclient.InferRequestedOutput("OUTPUT__0")])
+    output: np.ndarray = result.as_numpy("OUTPUT__0")
+    return output
+
+
+def expected(module: Any, batch: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        result: np.ndarray = module(torch.from_numpy(batch)).numpy()
+    return result
+
+
+BATCH = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+
+
+def test_example_becomes_ready_serves_the_model_and_shows_every_column(
+    cluster: Cluster, namespace: str, operator: OperatorProcess, model_registry: tuple[RegistryProcess, Any]
+) -> None:
+    _, modules = model_registry
+    cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "iris.yaml"))
+    md = wait_ready(cluster, namespace, "iris", replicas=2)
+    assert md["status"]["model"]["version"] == 1
+    assert md["status"]["model"]["artifactDigest"].startswith("sha256:")
+    table = cluster.kubectl("get", "md", "-n", namespace).stdout.splitlines()
+    assert table[0].split() == ["NAME", "MODEL", "VERSION", "READY", "GPUS", "URL", "AGE"]
+    row = table[1].split()
+    assert row[:5] == ["iris", "iris", "1", "2/2", "2"]
+    assert row[5] == f"http://iris.{namespace}.svc.cluster.local:8000"
+    pods = serving_pods(cluster, namespace, "iris")
+    assert len(pods) == 2
+    for pod in pods:
+        np.testing.assert_allclose(
+            infer(pod["status"]["podIP"], BATCH), expected(modules[1], BATCH), rtol=1e-5, atol=1e-5
+        )
+    kinds = {item["kind"] for item in cluster.get_json("deploy,svc,pdb", "-n", namespace)["items"]}
+    assert kinds == {"Deployment", "Service", "PodDisruptionBudget"}
+
+
+def test_kubectl_scale_goes_through_the_scale_subresource(
+    cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
+    cluster.apply(
+        md_manifest(
+            "iris",
+            {
+                "model": {"name": "iris", "version": 1},
+                "replicas": 1,
+                "resources": {"gpu": {"count": 0}},
+                "autoscaling": {"mode": "none"},
+            },
+        ),
+        namespace,
+    )
+    wait_ready(cluster, namespace, "iris", replicas=1)
+    cluster.kubectl("scale", "md/iris", "-n", namespace, "--replicas=3")
+    md = wait_ready(cluster, namespace, "iris", replicas=3)
+    assert md["status"]["ready"] == "3/3"
+    assert len(serving_pods(cluster, namespace, "iris")) == 3
+
+
+def test_unknown_model_is_reported_and_creates_nothing(
+    cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
+    cluster.apply(
+        md_manifest("ghost", {"model": {"name": "no-such-model", "alias": "production"}}), namespace
+    )
+
+    def reported() -> dict[str, Any] | None:
+        found = condition(get_md(cluster, namespace, "ghost"), "ModelResolved")
+        return found if found.get("status") == "False" else None
+
+    resolved = wait_for("ModelResolved=False", reported, timeout=60)
+    assert resolved["reason"] in ("ModelNotFound", "AliasNotFound")
+    assert "no-such-model" in resolved["message"]
+    assert cluster.get_json("deploy,svc,pdb", "-n", namespace)["items"] == []
+    events = cluster.get_json("events", "-n", namespace, "--field-selector", "involvedObject.name=ghost")[
+        "items"
+    ]
+    assert any(e["reason"] == resolved["reason"] for e in events)
+
+
+def test_gpu_types_prefer_the_first_and_fall_back_to_the_next(
+    cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
+    cluster.apply(
+        md_manifest(
+            "pref",
+            {
+                "model": {"name": "iris", "version": 1},
+                "replicas": 1,
+                "resources": {"gpu": {"count": 1, "types": ["H100", "A100"]}},
+                "autoscaling": {"mode": "none", "maxReplicas": 8},
+            },
+        ),
+        namespace,
+    )
+    wait_ready(cluster, namespace, "pref", replicas=1)
+    nodes = {n["metadata"]["name"]: n for n in cluster.get_json("nodes")["items"]}
+
+    def products() -> list[str]:
+        return [
+            nodes[p["spec"]["nodeName"]]["metadata"]["labels"]["nvidia.com/gpu.product"]
+            for p in serving_pods(cluster, namespace, "pref")
+        ]
+
+    assert products() == ["NVIDIA-H100-80GB-HBM3"]
+    free_h100 = sum(
+        int(n["status"]["allocatable"].get("nvidia.com/gpu", 0))
+        for n in nodes.values()
+        if n["metadata"]["labels"].get("nvidia.com/gpu.product") == "NVIDIA-H100-80GB-HBM3"
+        and n["metadata"]["labels"].get("type") != "kwok"
+    )
+    cluster.kubectl("scale", "md/pref", "-n", namespace, f"--replicas={free_h100 + 1}")
+    wait_ready(cluster, namespace, "pref", replicas=free_h100 + 1)
+    placed = products()
+    assert placed.count("NVIDIA-A100-SXM4-80GB") >= 1, placed
+    assert placed.count("NVIDIA-H100-80GB-HBM3") >= 1, placed
+
+
+def test_gpu_shortage_is_reported_by_the_scheduler_then_resolved_by_a_bigger_node(
+    cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
+    # Every H100 node of the dev cluster has one GPU: two per replica cannot be placed.
+    cluster.apply(
+        md_manifest(
+            "big",
+            {
+                "model": {"name": "iris", "version": 1},
+                "replicas": 1,
+                "resources": {"gpu": {"count": 2, "types": ["H100"]}},
+            },
+        ),
+        namespace,
+    )
+
+    def insufficient() -> dict[str, Any] | None:
+        found = condition(get_md(cluster, namespace, "big"), "Scheduled")
+        return found if found.get("reason") == "InsufficientGPU" else None
+
+    scheduled = wait_for("Scheduled=False/InsufficientGPU", insufficient, timeout=90)
+    assert scheduled["status"] == "False"
+    assert "nvidia.com/gpu" in scheduled["message"]
+    if not cluster.local:
+        pytest.skip("adding a node needs the dev cluster")
+    added = cluster.add_nodes("h100:4")
+    try:
+        wait_ready(cluster, namespace, "big", replicas=1, timeout=180)
+        assert condition(get_md(cluster, namespace, "big"), "Scheduled")["status"] == "True"
+    finally:
+        cluster.kubectl(
+            "delete", "namespace", namespace, "--wait=true", "--timeout=90s", check=False, timeout=120
+        )
+        cluster.remove_nodes(added)
+
+
+def test_invalid_specs_are_rejected_by_kubectl_naming_the_field(
+    cluster: Cluster, namespace: str, crds: None
+) -> None:
+    cases = {
+        "missing model": ({}, "spec.model"),
+        "version and alias": ({"model": {"name": "iris", "version": 1, "alias": "prod"}}, "exactly one of"),
+        "negative replicas": ({"model": {"name": "iris", "version": 1}, "replicas": -1}, "spec.replicas"),
+        "min above max": (
+            {"model": {"name": "iris", "version": 1}, "autoscaling": {"minReplicas": 5, "maxReplicas": 2}},
+            "minReplicas must not exceed",
+        ),
+        "percent 130": (
+            {"model": {"name": "iris", "version": 1}, "traffic": {"canary": {"version": 2, "percent": 130}}},
+            "spec.traffic.canary.percent",
+        ),
+        "unknown gpu field": (
+            {"model": {"name": "iris", "version": 1}, "resources": {"gpu": {"cores": 2}}},
+            "cores",
+        ),
+        "bad quantity": (
+            {"model": {"name": "iris", "version": 1}, "resources": {"memory": "8 gigs"}},
+            "spec.resources.memory",
+        ),
+        "unknown runtime": (
+            {"model": {"name": "iris", "version": 1}, "runtime": {"name": "tensorflow"}},
+            "spec.runtime.name",
+        ),
+    }
+    for label, (spec, field) in cases.items():
+        result = cluster.kubectl(
+            "apply", "-n", namespace, "-f", "-", input=json.dumps(md_manifest("bad", spec)), check=False
+        )
+        assert result.returncode != 0, f"{label}: accepted"
+        assert field in result.stderr, f"{label}: {result.stderr}"
+    assert cluster.get_json("md", "-n", namespace)["items"] == []
+
+
+def test_version_change_rolls_without_a_failed_request(
+    cluster: Cluster, namespace: str, operator: OperatorProcess, model_registry: tuple[RegistryProcess, Any]
+) -> None:
+    _, modules = model_registry
+    spec = {
+        "model": {"name": "iris", "version": 1},
+        "replicas": 2,
+        "resources": {"gpu": {"count": 0}},
+        "autoscaling": {"mode": "none"},
+    }
+    cluster.apply(md_manifest("roll", spec), namespace)
+    wait_ready(cluster, namespace, "roll", replicas=2)
+    failures: list[str] = []
+    answers = {1: 0, 2: 0}
+    stop = threading.Event()
+    want = {v: expected(m, BATCH) for v, m in modules.items()}
+
+    def loop() -> None:
+        deadline = time.monotonic() + 240
+        while not stop.is_set() and time.monotonic() < deadline:
+            pods = [p for p in serving_pods(cluster, namespace, "roll") if _ready(p)]
+            for pod in pods:
+                try:
+                    out = infer(pod["status"]["podIP"], BATCH)
+                except Exception as exc:  # any failure is what this test counts
+                    if not _ready(_refresh(cluster, namespace, pod)):
+                        continue  # the pod left the endpoints between listing and calling
+                    failures.append(f"{pod['metadata']['name']}: {exc}")
+                    continue
+                matched = [v for v, reference in want.items() if np.allclose(out, reference, atol=1e-5)]
+                if len(matched) != 1:
+                    failures.append("an answer matched neither version")
+                else:
+                    answers[matched[0]] += 1
+
+    worker = threading.Thread(target=loop, daemon=True)
+    worker.start()
+    time.sleep(2)
+    spec["model"] = {"name": "iris", "version": 2}
+    cluster.apply(md_manifest("roll", spec), namespace)
+    wait_for(
+        "version 2 rolled out",
+        lambda: (
+            get_md(cluster, namespace, "roll").get("status", {}).get("model", {}).get("version") == 2
+            and condition(get_md(cluster, namespace, "roll"), "Ready").get("status") == "True"
+        ),
+        timeout=240,
+    )
+    time.sleep(2)
+    stop.set()
+    worker.join(timeout=60)
+    assert failures == []
+    assert answers[1] > 0
+    assert answers[2] > 0
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    return any(
+        c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", [])
+    )
+
+
+def _refresh(cluster: Cluster, namespace: str, pod: dict[str, Any]) -> dict[str, Any]:
+    result = cluster.kubectl(
+        "get", "pod", pod["metadata"]["name"], "-n", namespace, "-o", "json", check=False
+    )
+    return json.loads(result.stdout) if result.returncode == 0 else {}
+
+
+def test_a_restarted_operator_resumes_without_writing_to_children(
+    cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
+    cluster.apply(
+        md_manifest(
+            "calm",
+            {
+                "model": {"name": "iris", "version": 1},
+                "replicas": 1,
+                "resources": {"gpu": {"count": 0}},
+                "autoscaling": {"mode": "none"},
+            },
+        ),
+        namespace,
+    )
+    wait_ready(cluster, namespace, "calm", replicas=1)
+    before = {
+        i["metadata"]["name"] + i["kind"]: i["metadata"]["resourceVersion"]
+        for i in cluster.get_json("deploy,svc,pdb", "-n", namespace)["items"]
+    }
+    operator.stop()
+    operator.start()
+    # The resume handler reconciles every ModelDeployment; then 50 more reconciles of this one,
+    # each triggered by a metadata change that leaves the spec as it is.
+    for i in range(50):
+        cluster.kubectl("annotate", "md/calm", "-n", namespace, f"example.com/touch={i}", "--overwrite")
+    wait_for(
+        "50 reconciles", lambda: operator.metric("modelplane_operator_reconciles_total") >= 50, timeout=120
+    )
+    after = {
+        i["metadata"]["name"] + i["kind"]: i["metadata"]["resourceVersion"]
+        for i in cluster.get_json("deploy,svc,pdb", "-n", namespace)["items"]
+    }
+    assert after == before
+    assert operator.metric("modelplane_operator_child_writes_total") == 0
+
+
+def test_examples_are_valid_as_written(cluster: Cluster, namespace: str, crds: None) -> None:
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            cluster.kubectl(
+                "apply", "--dry-run=server", "-n", namespace, "-f", "-", input=json.dumps(document)
+            )
