@@ -245,6 +245,8 @@ def needs_apply(desired: Any, live: Any) -> bool:
     says that ``live`` does not is drift (or a spec change) and calls for an apply. This is what
     keeps a no-change reconcile from writing at all.
     """
+    if live is None and desired in ({}, []):
+        return False  # the server omits empty lists and maps: nothing to apply
     if isinstance(desired, dict):
         if not isinstance(live, dict):
             return True

@@ -427,11 +427,11 @@ def test_a_restarted_operator_resumes_without_writing_to_children(
     operator.start()
     # The resume handler reconciles every ModelDeployment; then 50 more reconciles of this one,
     # each triggered by a metadata change that leaves the spec as it is.
+    wait_for("the resume reconcile", lambda: operator.metric("modelplane_operator_reconciles_total") >= 1)
     for i in range(50):
+        done = operator.metric("modelplane_operator_reconciles_total")
         cluster.kubectl("annotate", "md/calm", "-n", namespace, f"example.com/touch={i}", "--overwrite")
-    wait_for(
-        "50 reconciles", lambda: operator.metric("modelplane_operator_reconciles_total") >= 50, timeout=120
-    )
+        wait_for(f"reconcile {i + 1}", lambda: operator.metric("modelplane_operator_reconciles_total") > done)
     after = {
         i["metadata"]["name"] + i["kind"]: i["metadata"]["resourceVersion"]
         for i in cluster.get_json("deploy,svc,pdb", "-n", namespace)["items"]

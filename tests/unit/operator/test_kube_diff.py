@@ -39,6 +39,12 @@ def test_server_defaults_and_normalized_quantities_are_not_drift() -> None:
     assert needs_apply(DESIRED, live) is False
 
 
+def test_empty_lists_and_maps_the_server_omits_are_not_drift() -> None:
+    desired = {"spec": {"tolerations": [], "nodeSelector": {}, "replicas": 1}}
+    assert needs_apply(desired, {"spec": {"replicas": 1}}) is False
+    assert needs_apply(desired, {"spec": {"replicas": 1, "tolerations": [{"key": "x"}]}}) is True
+
+
 def test_changed_or_missing_fields_need_an_apply() -> None:
     assert needs_apply(DESIRED, None) is True
     assert needs_apply(DESIRED, {**DESIRED, "spec": {**DESIRED["spec"], "replicas": 3}}) is True
