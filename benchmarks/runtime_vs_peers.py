@@ -38,7 +38,8 @@ from modelplane.testing.runtime import make_mlp, mlp_config, save_torchscript
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work"
-PEER_PACKAGES = {"kserve": ["kserve"], "mlserver": ["mlserver"]}
+# MLServer 1.7's workers call asyncio.get_event_loop() outside a loop, which uvloop >= 0.22 refuses.
+PEER_PACKAGES = {"kserve": ["kserve"], "mlserver": ["mlserver", "uvloop<0.22"]}
 
 
 def free_port() -> int:
@@ -170,8 +171,23 @@ def prepare(model_path: Path, peers: list[str]) -> list[Peer]:
     return result
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time (user + system) of every process in a process group: the server and its workers.
+
+    Requests per CPU-second is the efficiency figure that stays meaningful when other work
+    shares the machine; req/s alone moves with whatever else runs.
+    """
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:
+                total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
-def running(peer: Peer, timeout_s: float = 120.0) -> Iterator[None]:
+def running(peer: Peer, timeout_s: float = 120.0) -> Iterator[int]:
     log = (WORK / f"{peer.name}.log").open("wb")
     env = {**os.environ, "OMP_NUM_THREADS": "1", **peer.env}
     process = subprocess.Popen(
@@ -189,7 +205,7 @@ def running(peer: Peer, timeout_s: float = 120.0) -> Iterator[None]:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{peer.name} did not answer within {timeout_s}s; see {log.name}")
             time.sleep(0.5)
-        yield
+        yield process.pid
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
@@ -354,17 +370,27 @@ def main() -> None:
     results: dict[str, dict[str, dict[str, float]]] = {}
     for peer in prepare(model_path, args.peers.split(",")):
         print(f"== {peer.name}", flush=True)
-        with running(peer):
+        with running(peer) as pgid:
             check_answer(peer, model)
             run_wrk(peer.http_port, 8, args.warmup)
             points: dict[str, dict[str, float]] = {}
-            for c in rest:
-                points[f"rest_c{c}"] = run_wrk(peer.http_port, c, args.duration)
-                print(f"  REST c={c:<3} {points[f'rest_c{c}']}", flush=True)
-            if peer.grpc_port is not None:
-                for c in grpc_points:
-                    points[f"grpc_c{c}"] = run_grpc(peer.grpc_port, c, args.duration)
-                    print(f"  gRPC c={c:<3} {points[f'grpc_c{c}']}", flush=True)
+            plan = [("rest", c) for c in rest] + [
+                ("grpc", c) for c in grpc_points if peer.grpc_port is not None
+            ]
+            for protocol, c in plan:
+                cpu_before = group_cpu_seconds(pgid)
+                if protocol == "rest":
+                    point = run_wrk(peer.http_port, c, args.duration)
+                else:
+                    assert peer.grpc_port is not None
+                    point = run_grpc(peer.grpc_port, c, args.duration)
+                served = point["rps"] * args.duration
+                point["server_cpu_us_per_req"] = (group_cpu_seconds(pgid) - cpu_before) / max(served, 1) * 1e6
+                points[f"{protocol}_c{c}"] = point
+                print(
+                    f"  {protocol} c={c:<3} " + json.dumps({k: round(v, 3) for k, v in point.items()}),
+                    flush=True,
+                )
             results[peer.name] = points
     report(results, limit)
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -379,15 +405,23 @@ def main() -> None:
 
 
 def report(results: dict[str, dict[str, dict[str, float]]], limit: dict[str, float]) -> None:
-    points = sorted({p for r in results.values() for p in r}, key=lambda p: (p.split("_")[0] != "rest", p))
-    print(f"\n{'peer':14}" + "".join(f"{p:>26}" for p in points))
+    points = sorted(
+        {p for r in results.values() for p in r},
+        key=lambda p: (p.split("_")[0] != "rest", int(p.split("_c")[1])),
+    )
+    print(f"\n{'peer':14}" + "".join(f"{p:>34}" for p in points))
     for name, r in results.items():
         cells = []
         for p in points:
             v = r.get(p)
-            cells.append(f"{v['rps']:8.0f}/s {v['p50_ms']:6.2f}/{v['p99_ms']:7.2f}ms" if v else " " * 26)
-        print(f"{name:14}" + "".join(f"{c:>26}" for c in cells))
-    print("(req/s, p50/p99 latency)")
+            cells.append(
+                f"{v['rps']:6.0f}/s {v['p50_ms']:5.1f}/{v['p99_ms']:6.1f}ms "
+                f"{v['server_cpu_us_per_req']:5.0f}us"
+                if v
+                else ""
+            )
+        print(f"{name:14}" + "".join(f"{c:>34}" for c in cells))
+    print("(req/s, p50/p99 latency, server CPU per request)")
     ours = results.get("modelplane", {})
     print(
         f"\ntorch in-process limit: {limit['batch1_samples_per_s']:.0f} forwards/s at batch 1, "
@@ -399,7 +433,11 @@ def report(results: dict[str, dict[str, dict[str, float]]], limit: dict[str, flo
         for p in points:
             if p in ours and p in results[other] and results[other][p]["rps"] > 0:
                 ratio = ours[p]["rps"] / results[other][p]["rps"]
-                print(f"modelplane / {other:13} {p:10} req/s ratio {ratio:5.2f}x")
+                cpu = results[other][p]["server_cpu_us_per_req"] / max(ours[p]["server_cpu_us_per_req"], 1e-9)
+                print(
+                    f"modelplane / {other:13} {p:10} req/s {ratio:5.2f}x   "
+                    f"requests per CPU-second {cpu:5.2f}x"
+                )
     if "fastapi" in results and "rest_c1" in ours:
         print(
             f"REST c=1 p50: modelplane {ours['rest_c1']['p50_ms']:.3f} ms vs bare FastAPI "
