@@ -353,6 +353,9 @@ def main() -> None:
     parser.add_argument(
         "--peers", default="modelplane,fastapi,kserve,mlserver,mlserver-pw0", help="comma-separated peers"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="repeats of every point; the median is reported"
+    )
     parser.add_argument("--output", type=Path, default=HERE / "results" / "runtime_vs_peers.json")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -367,41 +370,61 @@ def main() -> None:
     limit = forward_rate(model_path, min(args.duration, 5.0))
     print(f"torch in-process: {limit}", flush=True)
 
-    results: dict[str, dict[str, dict[str, float]]] = {}
-    for peer in prepare(model_path, args.peers.split(",")):
-        print(f"== {peer.name}", flush=True)
-        with running(peer) as pgid:
+    peers = prepare(model_path, args.peers.split(","))
+    plan = [("rest", c) for c in rest] + [("grpc", c) for c in grpc_points]
+    raw: dict[str, dict[str, list[dict[str, float]]]] = {p.name: {} for p in peers}
+    with contextlib.ExitStack() as stack:
+        # All servers start first and idle; load goes to one at a time. Each round visits every
+        # peer for every point, in a rotating order, so background noise hits all peers alike.
+        pgids = {}
+        for peer in peers:
+            print(f"starting {peer.name}", flush=True)
+            pgids[peer.name] = stack.enter_context(running(peer))
             check_answer(peer, model)
             run_wrk(peer.http_port, 8, args.warmup)
-            points: dict[str, dict[str, float]] = {}
-            plan = [("rest", c) for c in rest] + [
-                ("grpc", c) for c in grpc_points if peer.grpc_port is not None
-            ]
+        for round_index in range(args.rounds):
             for protocol, c in plan:
-                cpu_before = group_cpu_seconds(pgid)
-                if protocol == "rest":
-                    point = run_wrk(peer.http_port, c, args.duration)
-                else:
-                    assert peer.grpc_port is not None
-                    point = run_grpc(peer.grpc_port, c, args.duration)
-                served = point["rps"] * args.duration
-                point["server_cpu_us_per_req"] = (group_cpu_seconds(pgid) - cpu_before) / max(served, 1) * 1e6
-                points[f"{protocol}_c{c}"] = point
-                print(
-                    f"  {protocol} c={c:<3} " + json.dumps({k: round(v, 3) for k, v in point.items()}),
-                    flush=True,
-                )
-            results[peer.name] = points
+                order = peers[round_index % len(peers) :] + peers[: round_index % len(peers)]
+                for peer in order:
+                    if protocol == "grpc" and peer.grpc_port is None:
+                        continue
+                    cpu_before = group_cpu_seconds(pgids[peer.name])
+                    if protocol == "rest":
+                        point = run_wrk(peer.http_port, c, args.duration)
+                    else:
+                        assert peer.grpc_port is not None
+                        point = run_grpc(peer.grpc_port, c, args.duration)
+                    served = point["rps"] * args.duration
+                    cpu = group_cpu_seconds(pgids[peer.name]) - cpu_before
+                    point["server_cpu_us_per_req"] = cpu / max(served, 1) * 1e6
+                    raw[peer.name].setdefault(f"{protocol}_c{c}", []).append(point)
+                    summary = json.dumps({k: round(v, 3) for k, v in point.items()})
+                    print(
+                        f"  round {round_index + 1} {peer.name:13} {protocol} c={c:<3} {summary}", flush=True
+                    )
+    results = {name: {p: median_point(runs) for p, runs in points.items()} for name, points in raw.items()}
     report(results, limit)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(
         json.dumps(
-            {"machine": info, "command": " ".join(sys.argv), "torch_limit": limit, "results": results},
+            {
+                "machine": info,
+                "command": " ".join(sys.argv),
+                "torch_limit": limit,
+                "results_median": results,
+                "rounds": raw,
+            },
             indent=2,
         )
         + "\n"
     )
     print(f"raw results: {args.output}")
+
+
+def median_point(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The run with the median req/s (its latencies and CPU figure travel with it)."""
+    ordered = sorted(runs, key=lambda r: r["rps"])
+    return ordered[len(ordered) // 2]
 
 
 def report(results: dict[str, dict[str, dict[str, float]]], limit: dict[str, float]) -> None:
@@ -421,7 +444,7 @@ def report(results: dict[str, dict[str, dict[str, float]]], limit: dict[str, flo
                 else ""
             )
         print(f"{name:14}" + "".join(f"{c:>34}" for c in cells))
-    print("(req/s, p50/p99 latency, server CPU per request)")
+    print("(median of the rounds by req/s: req/s, p50/p99 latency, server CPU per request)")
     ours = results.get("modelplane", {})
     print(
         f"\ntorch in-process limit: {limit['batch1_samples_per_s']:.0f} forwards/s at batch 1, "

@@ -113,13 +113,23 @@ async def test_batcher_without_dynamic_batching_runs_requests_one_by_one() -> No
     assert sizes == [2, 2, 2, 2]
 
 
-async def test_stopping_fails_queued_requests() -> None:
+async def test_stopping_finishes_queued_requests() -> None:
+    with ThreadPoolExecutor(1) as pool:
+        batcher = Batcher(double, pool, max_batch_size=8, max_delay_s=0.2)
+        batcher.start()
+        task = asyncio.ensure_future(batcher.submit([np.ones((1, 2), dtype=np.float32)], 1))
+        await asyncio.sleep(0.01)
+        await batcher.stop()
+        np.testing.assert_array_equal((await task)[0], [[2.0, 2.0]])
+
+
+async def test_stopping_fails_requests_still_queued_after_the_timeout() -> None:
     with ThreadPoolExecutor(1) as pool:
         batcher = Batcher(double, pool, max_batch_size=8, max_delay_s=10.0)
         batcher.start()
         task = asyncio.ensure_future(batcher.submit([np.ones((1, 2), dtype=np.float32)], 1))
         await asyncio.sleep(0.01)
-        await batcher.stop()
+        await batcher.stop(timeout_s=0.05)
         with pytest.raises(ModelError, match="unloaded"):
             await task
 
