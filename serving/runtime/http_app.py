@@ -1,6 +1,6 @@
 """The V2 HTTP front end as a plain ASGI app (no framework: the hot path is a few dict lookups).
 
-Routes: ``/v2``, ``/v2/health/{live,ready}``, ``/v2/models/{m}[/versions/{v}][/ready|/infer]``,
+Routes: ``/v2``, ``/v2/health/{live,ready}``, ``/v2/models/{m}[/versions/{v}][/ready|/infer|/config]``,
 ``/v2/repository/index``, ``/v2/repository/models/{m}/{load,unload}``, ``/metrics``.
 Every error is ``{"error": "..."}`` with the status from :class:`InferenceError`.
 """
@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
+from google.protobuf import json_format
 
 from modelplane import __version__
 from modelplane.serving.runtime.codec import decode_request, encode_response, error_body
@@ -69,6 +70,8 @@ def route(method: str, path: str) -> tuple[str, str, str | None]:
         return ("infer", name, version)
     if tail == ["ready"] and method == "GET":
         return ("model_ready", name, version)
+    if tail == ["config"] and method == "GET":
+        return ("model_config", name, version)
     return ("", "", None)
 
 
@@ -118,6 +121,10 @@ class HttpApp:
         elif action == "model_metadata":
             model = self.manager.resolve(name, version)
             doc = model_metadata(model, self.manager.versions_of(name))
+            await _respond(send, 200, orjson.dumps(doc), _JSON)
+        elif action == "model_config":
+            model = self.manager.resolve(name, version)
+            doc = json_format.MessageToDict(model.spec.config, preserving_proto_field_name=True)
             await _respond(send, 200, orjson.dumps(doc), _JSON)
         elif action == "model_ready":
             model = self.manager.resolve(name, version)

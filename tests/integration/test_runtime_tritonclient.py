@@ -45,6 +45,10 @@ def test_http_server_and_model_metadata(http_client: httpclient.InferenceServerC
     assert model["platform"] == "pytorch_libtorch"
     assert model["inputs"] == [{"name": "INPUT__0", "datatype": "FP32", "shape": [-1, 64]}]
     assert model["outputs"] == [{"name": "OUTPUT__0", "datatype": "FP32", "shape": [-1, 10]}]
+    config = http_client.get_model_config("mlp")
+    assert config["max_batch_size"] == 64
+    assert config["input"][0]["name"] == "INPUT__0"
+    assert config["input"][0]["data_type"] == "TYPE_FP32"
 
 
 def test_grpc_server_and_model_metadata(grpc_client: grpcclient.InferenceServerClient) -> None:
@@ -57,6 +61,9 @@ def test_grpc_server_and_model_metadata(grpc_client: grpcclient.InferenceServerC
     assert list(model.versions) == ["1"]
     assert [(t.name, t.datatype, list(t.shape)) for t in model.inputs] == [("INPUT__0", "FP32", [-1, 64])]
     assert [(t.name, t.datatype, list(t.shape)) for t in model.outputs] == [("OUTPUT__0", "FP32", [-1, 10])]
+    config = grpc_client.get_model_config("mlp").config
+    assert config.max_batch_size == 64
+    assert config.dynamic_batching.max_queue_delay_microseconds == 500
 
 
 @pytest.mark.parametrize("batch", [1, 8])
