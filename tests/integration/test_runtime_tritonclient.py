@@ -240,3 +240,14 @@ def test_repository_index_unload_and_load(
     with pytest.raises(InferenceServerException):
         http_client.load_model("no_such_model")
     assert http_client.is_server_ready()
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_request_bodies(
+    http_client: httpclient.InferenceServerClient, reference_mlp: torch.nn.Module, algorithm: str
+) -> None:
+    x = np.random.default_rng(3).standard_normal((4, 64), dtype=np.float32)
+    inp = httpclient.InferInput("INPUT__0", [4, 64], "FP32")
+    inp.set_data_from_numpy(x)
+    result = http_client.infer("mlp", [inp], request_compression_algorithm=algorithm)
+    np.testing.assert_allclose(result.as_numpy("OUTPUT__0"), expected(reference_mlp, x), rtol=1e-5, atol=1e-5)
