@@ -102,7 +102,7 @@ class HttpApp:
                 await self._read_body(scope, receive)
             await self._simple(action, name, version, send)
         except InferenceError as exc:
-            await _respond(send, exc.status, error_body(exc.message), _JSON)
+            await _respond(send, exc.status, error_body(exc.message), _error_headers(exc.status))
         except _BodyTooLargeError:
             await _respond(send, 413, error_body(self._too_large()), _JSON)
 
@@ -158,7 +158,8 @@ class HttpApp:
             self.lifecycle.begin()
         except InferenceError as exc:  # draining: answer, and close the connection so clients move on
             self.metrics.request_refused(name, "http", "503")
-            await _respond(send, exc.status, error_body(exc.message), [*_JSON, (b"connection", b"close")])
+            headers = [*_error_headers(exc.status), (b"connection", b"close")]
+            await _respond(send, exc.status, error_body(exc.message), headers)
             return
         self.metrics.request_started(name)
         try:
@@ -176,7 +177,7 @@ class HttpApp:
                 payload, json_length = encode_response(name, str(model.version), request.id, outputs)
             except InferenceError as exc:
                 code = str(exc.status)
-                await _respond(send, exc.status, error_body(exc.message), _JSON)
+                await _respond(send, exc.status, error_body(exc.message), _error_headers(exc.status))
                 return
             code = "200"
             if json_length is None:
@@ -240,6 +241,11 @@ def _decompress(encoding: bytes, body: bytes, limit: int) -> bytes:
     if len(out) > limit or inflater.unconsumed_tail:
         raise _BodyTooLargeError
     return out
+
+
+def _error_headers(status: int) -> list[tuple[bytes, bytes]]:
+    """503s (loading, draining) carry Retry-After, so clients and proxies back off and retry."""
+    return [*_JSON, (b"retry-after", b"1")] if status == 503 else _JSON
 
 
 def _header_length(scope: Scope) -> int | None:
