@@ -127,6 +127,8 @@ class Batcher:
         self._wake = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
         self._inline_below = inline_below_s
+        self._running = 0
+        self._outstanding = 0
         #: Moving average of one forward's duration; None until measured.
         self.forward_s: float | None = None
 
@@ -134,8 +136,16 @@ class Batcher:
         for i in range(self._workers_count):
             self._workers.append(asyncio.get_running_loop().create_task(self._work(), name=f"batcher-{i}"))
 
-    async def stop(self) -> None:
-        """Stop the workers; requests still queued are failed as unavailable."""
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """Let queued and running requests finish (up to ``timeout_s``), then stop the workers.
+
+        Whatever is still queued after the timeout fails with a clear error rather than hanging.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (self._pending or self._running) and loop.time() < deadline:
+            self._wake.set()
+            await asyncio.sleep(0.005)
         for task in self._workers:
             task.cancel()
         for task in self._workers:
@@ -150,10 +160,28 @@ class Batcher:
         """Queue one request and wait for its outputs."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Arrays] = loop.create_future()
-        self._pending.append(Pending(arrays, batch_size, future, loop.time(), shape_key(arrays)))
-        self._queued += batch_size
-        self._wake.set()
-        return await future
+        item = Pending(arrays, batch_size, future, loop.time(), shape_key(arrays))
+        if self._outstanding == 0 and self._delay == 0 and run_inline(self.forward_s, self._inline_below):
+            # Alone and fast: nothing to batch with, so skip the queue and the worker's wake-up.
+            return self._run_now(item)
+        self._outstanding += 1
+        try:
+            self._pending.append(item)
+            self._queued += batch_size
+            self._wake.set()
+            return await future
+        finally:
+            self._outstanding -= 1
+
+    def _run_now(self, item: Pending) -> Arrays:
+        if self._on_dequeue is not None:
+            self._on_dequeue(0.0)
+        if self._on_batch is not None:
+            self._on_batch(item.batch_size)
+        (result,) = self._run_batch([item])
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
@@ -185,6 +213,7 @@ class Batcher:
                 self._on_dequeue(now - item.enqueued)
         if self._on_batch is not None:
             self._on_batch(sum(p.batch_size for p in batch))
+        self._running += 1
         try:
             if run_inline(self.forward_s, self._inline_below):
                 results = self._run_batch(batch)
@@ -192,6 +221,8 @@ class Batcher:
                 results = await loop.run_in_executor(self._executor, self._run_batch, batch)
         except Exception as exc:  # the executor itself failed (shut down): every caller learns it
             results = [exc] * len(batch)
+        finally:
+            self._running -= 1
         for item, result in zip(batch, results, strict=True):
             if item.future.done():
                 continue

@@ -69,7 +69,7 @@ def check_shape(name: str, shape: Any) -> tuple[tuple[int, ...], int]:
 
 
 def array_from_bytes(
-    name: str, datatype: str, shape: tuple[int, ...], count: int, raw: bytes
+    name: str, datatype: str, shape: tuple[int, ...], count: int, raw: bytes | memoryview
 ) -> np.ndarray[Any, Any]:
     """Raw little-endian bytes (binary extension, gRPC raw contents) -> array of ``shape``."""
     dtype = NUMPY_DTYPES[datatype]
@@ -161,7 +161,7 @@ def decode_request(body: bytes, header_length: int | None) -> InferRequest:
                     f"input {name!r}: binary data truncated: expected {size} bytes at offset {offset}, "
                     f"the body has {len(binary) - offset} left"
                 )
-            array = array_from_bytes(name, datatype, shape, count, view[offset : offset + size].tobytes())
+            array = array_from_bytes(name, datatype, shape, count, view[offset : offset + size])
             offset += size
         elif "data" in raw:
             array = array_from_json(name, datatype, shape, count, raw["data"])

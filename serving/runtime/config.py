@@ -9,6 +9,7 @@ settings Triton has no field for (precision, warm-up, threads, artifact URL) com
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
@@ -59,6 +60,8 @@ class ModelSpec:
     #: ("latest", (n,)), ("all", ()) or ("specific", (v, ...)): Triton's version_policy.
     version_policy: tuple[str, tuple[int, ...]] = ("latest", (1,))
     default_model_filename: str | None = None
+    #: The parsed ModelConfig itself, for the model configuration endpoints.
+    config: Any = field(default=None, compare=False, repr=False)
 
     @property
     def batching(self) -> bool:
@@ -135,6 +138,7 @@ def spec_from_config(config: model_config_pb2.ModelConfig, default_name: str) ->
         parameters=params,
         version_policy=_version_policy(name, config),
         default_model_filename=config.default_model_filename or None,
+        config=config,
     )
 
 

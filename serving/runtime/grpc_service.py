@@ -133,6 +133,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             ],
         )
 
+    async def ModelConfig(self, request: Any, context: Any) -> Any:  # noqa: N802
+        try:
+            model = self.manager.resolve(request.name, request.version or None)
+        except InferenceError as exc:
+            await self._abort(context, exc)
+            raise
+        return service_pb2.ModelConfigResponse(config=model.spec.config)
+
     async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
         name = request.model_name
         started = time.perf_counter()

@@ -1,6 +1,6 @@
 """The V2 HTTP front end as a plain ASGI app (no framework: the hot path is a few dict lookups).
 
-Routes: ``/v2``, ``/v2/health/{live,ready}``, ``/v2/models/{m}[/versions/{v}][/ready|/infer]``,
+Routes: ``/v2``, ``/v2/health/{live,ready}``, ``/v2/models/{m}[/versions/{v}][/ready|/infer|/config]``,
 ``/v2/repository/index``, ``/v2/repository/models/{m}/{load,unload}``, ``/metrics``.
 Every error is ``{"error": "..."}`` with the status from :class:`InferenceError`.
 """
@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
+from google.protobuf import json_format
 
 from modelplane import __version__
 from modelplane.serving.runtime.codec import decode_request, encode_response, error_body
@@ -69,6 +70,8 @@ def route(method: str, path: str) -> tuple[str, str, str | None]:
         return ("infer", name, version)
     if tail == ["ready"] and method == "GET":
         return ("model_ready", name, version)
+    if tail == ["config"] and method == "GET":
+        return ("model_config", name, version)
     return ("", "", None)
 
 
@@ -99,7 +102,7 @@ class HttpApp:
                 await self._read_body(scope, receive)
             await self._simple(action, name, version, send)
         except InferenceError as exc:
-            await _respond(send, exc.status, error_body(exc.message), _JSON)
+            await _respond(send, exc.status, error_body(exc.message), _error_headers(exc.status))
         except _BodyTooLargeError:
             await _respond(send, 413, error_body(self._too_large()), _JSON)
 
@@ -118,6 +121,10 @@ class HttpApp:
         elif action == "model_metadata":
             model = self.manager.resolve(name, version)
             doc = model_metadata(model, self.manager.versions_of(name))
+            await _respond(send, 200, orjson.dumps(doc), _JSON)
+        elif action == "model_config":
+            model = self.manager.resolve(name, version)
+            doc = json_format.MessageToDict(model.spec.config, preserving_proto_field_name=True)
             await _respond(send, 200, orjson.dumps(doc), _JSON)
         elif action == "model_ready":
             model = self.manager.resolve(name, version)
@@ -151,7 +158,8 @@ class HttpApp:
             self.lifecycle.begin()
         except InferenceError as exc:  # draining: answer, and close the connection so clients move on
             self.metrics.request_refused(name, "http", "503")
-            await _respond(send, exc.status, error_body(exc.message), [*_JSON, (b"connection", b"close")])
+            headers = [*_error_headers(exc.status), (b"connection", b"close")]
+            await _respond(send, exc.status, error_body(exc.message), headers)
             return
         self.metrics.request_started(name)
         try:
@@ -169,7 +177,7 @@ class HttpApp:
                 payload, json_length = encode_response(name, str(model.version), request.id, outputs)
             except InferenceError as exc:
                 code = str(exc.status)
-                await _respond(send, exc.status, error_body(exc.message), _JSON)
+                await _respond(send, exc.status, error_body(exc.message), _error_headers(exc.status))
                 return
             code = "200"
             if json_length is None:
@@ -233,6 +241,11 @@ def _decompress(encoding: bytes, body: bytes, limit: int) -> bytes:
     if len(out) > limit or inflater.unconsumed_tail:
         raise _BodyTooLargeError
     return out
+
+
+def _error_headers(status: int) -> list[tuple[bytes, bytes]]:
+    """503s (loading, draining) carry Retry-After, so clients and proxies back off and retry."""
+    return [*_JSON, (b"retry-after", b"1")] if status == 503 else _JSON
 
 
 def _header_length(scope: Scope) -> int | None:

@@ -205,8 +205,6 @@ class ModelManager:
         """Fetch, load and warm up; returns None on success, else the reason (never raises)."""
         spec = model.spec
         try:
-            if spec.intra_op_threads:
-                torch.set_num_threads(spec.intra_op_threads)
             if spec.artifact_uri:
                 path = fetch(
                     spec.artifact_uri,

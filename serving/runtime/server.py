@@ -77,6 +77,8 @@ async def serve(options: RuntimeOptions) -> None:
         access_log=False,
         log_level="warning",
         ws="none",
+        proxy_headers=False,
+        server_header=False,
         timeout_keep_alive=75,
         backlog=2048,
     )

@@ -196,6 +196,11 @@ GRPC_CASES = [
     ("truncated-raw", grpc_request(raw=bytes(100)), grpc.StatusCode.INVALID_ARGUMENT),
     ("wrong-datatype", grpc_request(datatype="INT32"), grpc.StatusCode.INVALID_ARGUMENT),
     ("unknown-model", grpc_request(model="nope"), grpc.StatusCode.NOT_FOUND),
+    (
+        "message-over-the-limit",
+        grpc_request(shape=(1, TEST_MAX_BODY_BYTES // 4 + 1), raw=bytes(TEST_MAX_BODY_BYTES + 4)),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ),
 ]
 
 

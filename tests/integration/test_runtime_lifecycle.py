@@ -55,6 +55,7 @@ def test_sigterm_lets_inflight_requests_finish_and_refuses_new_ones(tmp_path: Pa
             refused = infer(server.http_url, "slow")
             assert refused.status_code == 503
             assert "shutting down" in refused.json()["error"]
+            assert refused.headers["retry-after"] == "1"
             responses = [f.result(timeout=60) for f in futures]
         with torch.no_grad():
             want = model(torch.full((1, 64), 0.25)).numpy()
@@ -179,6 +180,7 @@ def test_model_fetched_over_http_is_503_while_loading_then_serves(
         assert httpx.get(server.http_url + "/v2/models/remote/ready").status_code == 503
         loading = infer(server.http_url, "remote")
         assert loading.status_code == 503
+        assert loading.headers["retry-after"] == "1"
         assert "not ready" in loading.json()["error"] or "loading" in loading.json()["error"]
         handler.release.set()
         server.wait("/v2/health/ready", 60)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import httpx
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from modelplane.testing.runtime import RuntimeProcess
+from modelplane.testing.runtime import RuntimeProcess, make_mlp, mlp_config, save_torchscript, write_model
 
 
 def expected(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
@@ -45,6 +46,10 @@ def test_http_server_and_model_metadata(http_client: httpclient.InferenceServerC
     assert model["platform"] == "pytorch_libtorch"
     assert model["inputs"] == [{"name": "INPUT__0", "datatype": "FP32", "shape": [-1, 64]}]
     assert model["outputs"] == [{"name": "OUTPUT__0", "datatype": "FP32", "shape": [-1, 10]}]
+    config = http_client.get_model_config("mlp")
+    assert config["max_batch_size"] == 64
+    assert config["input"][0]["name"] == "INPUT__0"
+    assert config["input"][0]["data_type"] == "TYPE_FP32"
 
 
 def test_grpc_server_and_model_metadata(grpc_client: grpcclient.InferenceServerClient) -> None:
@@ -57,6 +62,9 @@ def test_grpc_server_and_model_metadata(grpc_client: grpcclient.InferenceServerC
     assert list(model.versions) == ["1"]
     assert [(t.name, t.datatype, list(t.shape)) for t in model.inputs] == [("INPUT__0", "FP32", [-1, 64])]
     assert [(t.name, t.datatype, list(t.shape)) for t in model.outputs] == [("OUTPUT__0", "FP32", [-1, 10])]
+    config = grpc_client.get_model_config("mlp").config
+    assert config.max_batch_size == 64
+    assert config.dynamic_batching.max_queue_delay_microseconds == 500
 
 
 @pytest.mark.parametrize("batch", [1, 8])
@@ -233,3 +241,62 @@ def test_repository_index_unload_and_load(
     with pytest.raises(InferenceServerException):
         http_client.load_model("no_such_model")
     assert http_client.is_server_ready()
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_request_bodies(
+    http_client: httpclient.InferenceServerClient, reference_mlp: torch.nn.Module, algorithm: str
+) -> None:
+    x = np.random.default_rng(3).standard_normal((4, 64), dtype=np.float32)
+    inp = httpclient.InferInput("INPUT__0", [4, 64], "FP32")
+    inp.set_data_from_numpy(x)
+    result = http_client.infer("mlp", [inp], request_compression_algorithm=algorithm)
+    np.testing.assert_allclose(result.as_numpy("OUTPUT__0"), expected(reference_mlp, x), rtol=1e-5, atol=1e-5)
+
+
+def test_load_a_new_model_then_reload_a_new_version(
+    runtime_server: RuntimeProcess, http_client: httpclient.InferenceServerClient
+) -> None:
+    """Models added to the repository after start are loaded on request; a reload swaps versions."""
+    name = "added_later"
+    first, second = make_mlp(seed=21), make_mlp(seed=22)
+    write_model(runtime_server.repository, name, first, mlp_config(name, max_batch_size=4, delay_us=0))
+    x = np.random.default_rng(5).standard_normal((2, 64), dtype=np.float32)
+    inp = httpclient.InferInput("INPUT__0", [2, 64], "FP32")
+    inp.set_data_from_numpy(x)
+    try:
+        assert not http_client.is_model_ready(name)
+        http_client.load_model(name)
+        np.testing.assert_allclose(
+            http_client.infer(name, [inp]).as_numpy("OUTPUT__0"), expected(first, x), atol=1e-5
+        )
+
+        save_torchscript(second, runtime_server.repository / name / "2" / "model.pt")
+        http_client.load_model(name)
+        assert http_client.get_model_metadata(name)["versions"] == ["2"]
+        result = http_client.infer(name, [inp])
+        assert result.get_response()["model_version"] == "2"
+        np.testing.assert_allclose(result.as_numpy("OUTPUT__0"), expected(second, x), atol=1e-5)
+    finally:
+        http_client.unload_model(name)
+    assert not http_client.is_model_ready(name)
+    assert http_client.is_server_ready()
+
+
+def test_grpc_typed_contents_are_accepted(
+    runtime_server: RuntimeProcess, reference_mlp: torch.nn.Module
+) -> None:
+    """Clients that fill ``contents.fp32_contents`` instead of raw bytes get the same answer."""
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    x = np.random.default_rng(6).standard_normal((2, 64), dtype=np.float32)
+    request = service_pb2.ModelInferRequest(model_name="mlp")
+    tensor = request.inputs.add(name="INPUT__0", datatype="FP32", shape=[2, 64])
+    tensor.contents.fp32_contents.extend(x.ravel().tolist())
+    channel = grpc.insecure_channel(runtime_server.grpc_address)
+    try:
+        response = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    finally:
+        channel.close()
+    got = np.frombuffer(response.raw_output_contents[0], dtype=np.float32).reshape(2, 10)
+    np.testing.assert_allclose(got, expected(reference_mlp, x), rtol=1e-5, atol=1e-5)

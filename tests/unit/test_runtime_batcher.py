@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -113,13 +114,23 @@ async def test_batcher_without_dynamic_batching_runs_requests_one_by_one() -> No
     assert sizes == [2, 2, 2, 2]
 
 
-async def test_stopping_fails_queued_requests() -> None:
+async def test_stopping_finishes_queued_requests() -> None:
+    with ThreadPoolExecutor(1) as pool:
+        batcher = Batcher(double, pool, max_batch_size=8, max_delay_s=0.2)
+        batcher.start()
+        task = asyncio.ensure_future(batcher.submit([np.ones((1, 2), dtype=np.float32)], 1))
+        await asyncio.sleep(0.01)
+        await batcher.stop()
+        np.testing.assert_array_equal((await task)[0], [[2.0, 2.0]])
+
+
+async def test_stopping_fails_requests_still_queued_after_the_timeout() -> None:
     with ThreadPoolExecutor(1) as pool:
         batcher = Batcher(double, pool, max_batch_size=8, max_delay_s=10.0)
         batcher.start()
         task = asyncio.ensure_future(batcher.submit([np.ones((1, 2), dtype=np.float32)], 1))
         await asyncio.sleep(0.01)
-        await batcher.stop()
+        await batcher.stop(timeout_s=0.05)
         with pytest.raises(ModelError, match="unloaded"):
             await task
 
@@ -152,3 +163,25 @@ def test_only_fast_forwards_run_on_the_event_loop() -> None:
     assert run_inline(0.0001, 0.00025)
     assert not run_inline(0.001, 0.00025)
     assert not run_inline(0.0001, 0.0)  # inline_below_us = 0 turns it off
+
+
+async def test_fast_model_runs_on_the_loop_once_measured_and_slow_one_never() -> None:
+    threads: list[str] = []
+
+    def record(inputs: Sequence[np.ndarray[Any, Any]]) -> list[np.ndarray[Any, Any]]:
+        threads.append(threading.current_thread().name)
+        return [inputs[0] + 1]
+
+    with ThreadPoolExecutor(1, thread_name_prefix="worker") as pool:
+        fast = Batcher(record, pool, max_batch_size=4, max_delay_s=0.0, inline_below_s=10.0)
+        slow = Batcher(record, pool, max_batch_size=4, max_delay_s=0.0, inline_below_s=0.0)
+        for batcher in (fast, slow):
+            batcher.start()
+            for _ in range(3):
+                (out,) = await batcher.submit([np.zeros((1, 2), dtype=np.float32)], 1)
+                np.testing.assert_array_equal(out, [[1.0, 1.0]])
+            await batcher.stop()
+    main = threading.current_thread().name
+    assert threads[0].startswith("worker")  # not measured yet
+    assert threads[1:3] == [main, main]
+    assert all(name.startswith("worker") for name in threads[3:])

@@ -158,6 +158,7 @@ def test_shape_matches() -> None:
         ("GET", "/v2/models/m/versions/2", ("model_metadata", "m", "2")),
         ("GET", "/v2/models/m/ready", ("model_ready", "m", None)),
         ("GET", "/v2/models/m/versions/2/ready", ("model_ready", "m", "2")),
+        ("GET", "/v2/models/m/config", ("model_config", "m", None)),
         ("POST", "/v2/models/m/infer", ("infer", "m", None)),
         ("POST", "/v2/models/m/versions/2/infer", ("infer", "m", "2")),
         ("POST", "/v2/repository/index", ("index", "", None)),

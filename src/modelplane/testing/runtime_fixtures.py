@@ -9,19 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
 
-from modelplane.testing.runtime import (
-    FailsOnNegative,
-    RuntimeProcess,
-    TwoInputs,
-    make_mlp,
-    mlp_config,
-    two_input_config,
-    write_model,
-)
+if TYPE_CHECKING:  # torch is imported only by the tests that use these fixtures
+    import torch
+
+    from modelplane.testing.runtime import RuntimeProcess
 
 #: The shared server's body limit: small, so the limit±1 cases stay cheap.
 TEST_MAX_BODY_BYTES = 65536
@@ -39,11 +34,21 @@ dynamic_batching { max_queue_delay_microseconds: 200000 }
 @pytest.fixture(scope="session")
 def reference_mlp() -> torch.nn.Module:
     """The MLP the shared server serves as ``mlp`` and ``mlp_batched`` (same weights)."""
+    from modelplane.testing.runtime import make_mlp
+
     return make_mlp(seed=0)
 
 
 @pytest.fixture(scope="session")
 def runtime_repository(tmp_path_factory: pytest.TempPathFactory, reference_mlp: torch.nn.Module) -> Path:
+    from modelplane.testing.runtime import (
+        FailsOnNegative,
+        TwoInputs,
+        mlp_config,
+        two_input_config,
+        write_model,
+    )
+
     root = tmp_path_factory.mktemp("runtime") / "models"
     write_model(root, "mlp", reference_mlp, mlp_config("mlp", max_batch_size=64, delay_us=500))
     # A long queue delay: concurrent requests are sure to meet in one batch.
@@ -58,6 +63,8 @@ def runtime_repository(tmp_path_factory: pytest.TempPathFactory, reference_mlp: 
 
 @pytest.fixture(scope="session")
 def runtime_server(runtime_repository: Path) -> Iterator[RuntimeProcess]:
+    from modelplane.testing.runtime import RuntimeProcess
+
     server = RuntimeProcess(
         runtime_repository, ("--max-body-bytes", str(TEST_MAX_BODY_BYTES), "--threads", "1")
     )
