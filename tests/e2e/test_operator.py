@@ -431,7 +431,10 @@ def test_a_restarted_operator_resumes_without_writing_to_children(
     for i in range(50):
         done = operator.metric("modelplane_operator_reconciles_total")
         cluster.kubectl("annotate", "md/calm", "-n", namespace, f"example.com/touch={i}", "--overwrite")
-        wait_for(f"reconcile {i + 1}", lambda: operator.metric("modelplane_operator_reconciles_total") > done)
+        wait_for(
+            f"reconcile {i + 1}",
+            lambda done=done: operator.metric("modelplane_operator_reconciles_total") > done,
+        )
     after = {
         i["metadata"]["name"] + i["kind"]: i["metadata"]["resourceVersion"]
         for i in cluster.get_json("deploy,svc,pdb", "-n", namespace)["items"]
