@@ -48,9 +48,14 @@ def _root(
 def up() -> None:
     """Run the whole platform on this machine (registry, router, a served demo model)."""
     err_console.print(
-        "[bold yellow]The local stack is not built yet.[/] `modelplane up` will start the registry, "
-        "the router and a demo model once those components land.\n"
-        "For now: `make test` runs the test suite; `modelplane --help` lists what exists."
+        "[bold yellow]`modelplane up` (the one-command local stack) is not built yet.[/] "
+        "Its parts run on their own today:\n"
+        "  modelplane registry serve ...   the model registry (REST API, /docs)\n"
+        "  modelplane runtime ...          a V2 (HTTP + gRPC) torch runtime over a model repository\n"
+        "  modelplane router ...           the V2 router (static routes file, or Kubernetes discovery)\n"
+        "  modelplane dev-cluster up       a local Kubernetes control plane with GPU test nodes\n"
+        "  modelplane operator ...         the ModelDeployment operator\n"
+        "Run `make test` for the test suite, and `modelplane COMMAND --help` for each part."
     )
     raise typer.Exit(code=2)
 
