@@ -727,10 +727,13 @@ class SqlStore(RegistryStore):
 
     def resolve_alias(self, name: str, alias: str) -> Versioned[schemas.VersionPublic]:
         """The version behind ``name@alias`` (the operator's hot path): two Core queries, no ORM."""
+        # Joined model → alias (primary key model_id, name) → version (primary key): constant cost
+        # however many versions the model has.
         stmt = (
             select(*_VERSION_COLUMNS, RegisteredModel.name)
-            .join(RegisteredModel, ModelVersion.model_id == RegisteredModel.id)
-            .join(Alias, Alias.version_id == ModelVersion.id)
+            .select_from(RegisteredModel)
+            .join(Alias, Alias.model_id == RegisteredModel.id)
+            .join(ModelVersion, ModelVersion.id == Alias.version_id)
             .where(RegisteredModel.name == name, Alias.name == alias)
         )
         found = self._read_version_fast(stmt)
