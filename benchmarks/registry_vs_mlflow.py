@@ -6,7 +6,8 @@ Both servers run as one process on loopback with a SQLite backend: this project'
 One ``httpx.Client`` with keep-alive drives both, one request at a time, so the figures are per-request
 server cost plus loopback HTTP. Operations: create models, create versions, set (move) an alias, get
 the version behind an alias, search versions; then the models grow to ``--big-versions`` versions and
-get-by-alias latency is measured again.
+get-by-alias latency is measured again. Both servers run at once and every operation alternates
+between them in blocks, so load from elsewhere on the machine falls on both alike.
 
     .venv/bin/python benchmarks/registry_vs_mlflow.py --versions 1000 --big-versions 10000
 """
@@ -24,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -210,31 +211,48 @@ class Measure:
         }
 
 
-def run_peer(
-    driver: Driver, versions: int, big_versions: int, lookups: int, searches: int
+BLOCKS = 10
+
+
+def interleaved(
+    drivers: dict[str, Driver], count: int, op: Callable[[Driver, int], object], into: dict[str, Measure]
+) -> None:
+    """Run ``count`` calls of ``op`` per peer in alternating blocks, so load on the machine from
+    elsewhere lands on both peers alike instead of on whichever ran during the noisy minute."""
+    block = max(1, -(-count // BLOCKS))
+    for first in range(0, count, block):
+        for peer, driver in drivers.items():
+            for i in range(first, min(count, first + block)):
+                into[peer].add(lambda d=driver, i=i: op(d, i))
+
+
+def run_all(
+    drivers: dict[str, Driver], versions: int, big_versions: int, lookups: int, searches: int
 ) -> dict[str, dict[str, float]]:
     names = ("create_model", "create_version", "set_alias", "get_by_alias", "search", "get_by_alias_big")
-    results: dict[str, Measure] = {k: Measure() for k in names}
-    for i in range(20):  # warm-up: connections, caches, first-query plans
-        driver.create_model(f"warm-{i}")
-    for i in range(100):
-        results["create_model"].add(lambda i=i: driver.create_model(f"model-{i}"))
+    results = {op: {peer: Measure() for peer in drivers} for op in names}
+    scratch = {peer: Measure() for peer in drivers}
     name = "model-0"
-    for _ in range(versions):
-        results["create_version"].add(lambda: driver.create_version(name))
-    for i in range(200):
-        results["set_alias"].add(lambda i=i: driver.set_alias(name, "production", 1 + (i * 7) % versions))
-    driver.set_alias(name, "production", versions // 2)
-    for _ in range(lookups):
-        results["get_by_alias"].add(lambda: driver.get_by_alias(name, "production"))
-    for _ in range(searches):
-        results["search"].add(lambda: driver.search(name))
-    for _ in range(big_versions - versions):
-        driver.create_version(name)
-    driver.set_alias(name, "production", big_versions // 2)
-    for _ in range(lookups):
-        results["get_by_alias_big"].add(lambda: driver.get_by_alias(name, "production"))
-    return {k: m.row() for k, m in results.items()}
+    interleaved(drivers, 20, lambda d, i: d.create_model(f"warm-{i}"), scratch)  # connections, caches
+    interleaved(drivers, 100, lambda d, i: d.create_model(f"model-{i}"), results["create_model"])
+    interleaved(drivers, versions, lambda d, i: d.create_version(name), results["create_version"])
+    interleaved(
+        drivers,
+        200,
+        lambda d, i: d.set_alias(name, "production", 1 + (i * 7) % versions),
+        results["set_alias"],
+    )
+    for d in drivers.values():
+        d.set_alias(name, "production", versions // 2)
+    interleaved(drivers, lookups, lambda d, i: d.get_by_alias(name, "production"), results["get_by_alias"])
+    interleaved(drivers, searches, lambda d, i: d.search(name), results["search"])
+    interleaved(drivers, big_versions - versions, lambda d, i: d.create_version(name), scratch)
+    for d in drivers.values():
+        d.set_alias(name, "production", big_versions // 2)
+    interleaved(
+        drivers, lookups, lambda d, i: d.get_by_alias(name, "production"), results["get_by_alias_big"]
+    )
+    return {peer: {op: results[op][peer].row() for op in names} for peer in drivers}
 
 
 def main() -> None:
@@ -242,12 +260,6 @@ def main() -> None:
     parser.add_argument("--versions", type=int, default=1000, help="versions created and timed")
     parser.add_argument(
         "--big-versions", type=int, default=10000, help="model size for the second lookup run"
-    )
-    parser.add_argument(
-        "--mlflow-big-versions",
-        type=int,
-        help="MLflow's model size for the second lookup run (default: --big-versions; MLflow creates "
-        "versions slowly, so a shorter run may lower it, and the report says so)",
     )
     parser.add_argument("--lookups", type=int, default=2000, help="get-by-alias requests per measurement")
     parser.add_argument("--searches", type=int, default=200)
@@ -257,26 +269,24 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    raw: dict[str, dict[str, dict[str, float]]] = {}
     peers: list[tuple[str, Callable[[Path], AbstractContextManager[str]], type[Driver], dict[str, str]]] = [
         ("modelplane", serve_modelplane, ModelplaneDriver, {"Authorization": f"Bearer {TOKEN}"}),
         ("mlflow", serve_mlflow, MlflowDriver, {}),
     ]
-    for peer, serve, driver_cls, headers in peers:
-        if args.only and peer != args.only:
-            continue
-        with (
-            tempfile.TemporaryDirectory(prefix=f"bench-{peer}-") as tmp,
-            serve(Path(tmp)) as url,
-            httpx.Client(base_url=url, headers=headers, timeout=60, trust_env=False) as client,
-        ):
-            started = time.perf_counter()
-            big = (
-                args.big_versions if peer == "modelplane" else (args.mlflow_big_versions or args.big_versions)
+    with ExitStack() as stack:
+        drivers: dict[str, Driver] = {}
+        for peer, serve, driver_cls, headers in peers:
+            if args.only and peer != args.only:
+                continue
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"bench-{peer}-")))
+            url = stack.enter_context(serve(tmp))
+            client = stack.enter_context(
+                httpx.Client(base_url=url, headers=headers, timeout=60, trust_env=False)
             )
-            raw[peer] = run_peer(driver_cls(client), args.versions, big, args.lookups, args.searches)
-            raw[peer]["get_by_alias_big"]["versions"] = big
-            print(f"{peer}: done in {time.perf_counter() - started:.0f}s", file=sys.stderr)
+            drivers[peer] = driver_cls(client)
+        started = time.perf_counter()
+        raw = run_all(drivers, args.versions, args.big_versions, args.lookups, args.searches)
+        print(f"both peers done in {time.perf_counter() - started:.0f}s", file=sys.stderr)
 
     mlflow_v = mlflow_version() if "mlflow" in raw else "-"
     cpu = platform.processor() or platform.machine()
@@ -294,8 +304,7 @@ def main() -> None:
         thr = a["ops_per_s"] / b["ops_per_s"] if b["ops_per_s"] else float("nan")
         p99 = b["p99_ms"] / a["p99_ms"] if a["p99_ms"] else float("nan")
         print(f"  {op:<22} throughput x{thr:.2f}   p99 x{p99:.2f}")
-    sizes = {peer: raw[peer]["get_by_alias_big"]["versions"] for peer in raw}
-    print(f"get_by_alias_big measured at {sizes} versions")
+    print(f"get_by_alias_big measured at {args.big_versions} versions per model")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(

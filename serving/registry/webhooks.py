@@ -165,7 +165,8 @@ class Dispatcher:
                 self._wake.clear()
 
     def run_once(self, client: httpx.Client) -> int:
-        due = self.store.due_deliveries(dt.datetime.now(dt.UTC), limit=50)
+        lease_s = 50 * (self.settings.timeout_s + 1)  # longer than sending the whole batch can take
+        due = self.store.due_deliveries(dt.datetime.now(dt.UTC), limit=50, lease_s=lease_s)
         for delivery in due:
             if self._stop.is_set():
                 break

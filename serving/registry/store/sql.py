@@ -159,14 +159,16 @@ class SqlStore(RegistryStore):
         )
 
     @staticmethod
-    def _version_public(row: ModelVersion, aliases: list[str]) -> schemas.VersionPublic:
+    def _version_public(
+        row: ModelVersion, aliases: list[str], model_name: str | None = None
+    ) -> schemas.VersionPublic:
         artifact = None
         if row.artifact_digest is not None:
             artifact = schemas.ArtifactInfo(
                 digest=row.artifact_digest, size=row.artifact_size or 0, filename=row.artifact_filename or ""
             )
         return schemas.VersionPublic(
-            model=row.model.name,
+            model=model_name if model_name is not None else row.model.name,
             version=row.version,
             description=row.description,
             author=row.author,
@@ -408,8 +410,7 @@ class SqlStore(RegistryStore):
             row.tags = [VersionTag(key=k, value=v) for k, v in data.tags.items()]
             s.add(row)
             s.flush()
-            s.refresh(row, ["model"])
-            result = Versioned(version_etag(row), self._version_public(row, []))
+            result = Versioned(version_etag(row), self._version_public(row, [], model_name=name))
             self._audit(s, actor, "version.create", "version", f"{name}/{number}", after=result.body)
             self._enqueue(s, "version.created", {"model": name, "version": number, "actor": actor})
             return result
@@ -726,10 +727,13 @@ class SqlStore(RegistryStore):
 
     def resolve_alias(self, name: str, alias: str) -> Versioned[schemas.VersionPublic]:
         """The version behind ``name@alias`` (the operator's hot path): two Core queries, no ORM."""
+        # Joined model → alias (primary key model_id, name) → version (primary key): constant cost
+        # however many versions the model has.
         stmt = (
             select(*_VERSION_COLUMNS, RegisteredModel.name)
-            .join(RegisteredModel, ModelVersion.model_id == RegisteredModel.id)
-            .join(Alias, Alias.version_id == ModelVersion.id)
+            .select_from(RegisteredModel)
+            .join(Alias, Alias.model_id == RegisteredModel.id)
+            .join(ModelVersion, ModelVersion.id == Alias.version_id)
             .where(RegisteredModel.name == name, Alias.name == alias)
         )
         found = self._read_version_fast(stmt)
@@ -1031,16 +1035,36 @@ class SqlStore(RegistryStore):
                 for r in rows
             ]
 
-    def due_deliveries(self, now: dt.datetime, limit: int) -> list[DueDelivery]:
+    def due_deliveries(self, now: dt.datetime, limit: int, lease_s: float = 60.0) -> list[DueDelivery]:
+        """Claim due deliveries for ``lease_s`` seconds, so two registry replicas never send one together.
+
+        A claim moves ``next_attempt_at`` past the lease, conditioned on the row being unchanged; a
+        dispatcher that dies mid-send leaves the row to be retried when the lease runs out.
+        """
+        due = (WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
         with self.db.read() as s:
+            if s.execute(select(WebhookDelivery.id).where(*due).limit(1)).first() is None:
+                return []
+        claimed: list[DueDelivery] = []
+        with self.db.write() as s:
             rows = s.execute(
                 select(WebhookDelivery, Webhook)
                 .join(Webhook, WebhookDelivery.webhook_id == Webhook.id)
-                .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
+                .where(*due)
                 .order_by(WebhookDelivery.id)
                 .limit(limit)
-            )
-            return [DueDelivery(d.id, w.id, w.url, w.secret, d.event, d.payload, d.attempts) for d, w in rows]
+            ).all()
+            lease_until = now + dt.timedelta(seconds=lease_s)
+            for d, w in rows:
+                result = s.execute(
+                    update(WebhookDelivery)
+                    .where(WebhookDelivery.id == d.id, WebhookDelivery.attempts == d.attempts, *due)
+                    .values(next_attempt_at=lease_until),
+                    execution_options={"synchronize_session": False},
+                )
+                if getattr(result, "rowcount", 0) == 1:
+                    claimed.append(DueDelivery(d.id, w.id, w.url, w.secret, d.event, d.payload, d.attempts))
+        return claimed
 
     def record_delivery(
         self,

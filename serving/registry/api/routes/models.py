@@ -53,11 +53,13 @@ def list_models(
     tag: TagQuery = None,
     cursor: CursorQuery = None,
     limit: LimitQuery = DEFAULT_LIMIT,
-) -> schemas.Page[schemas.ModelPublic]:
+) -> Response:
     items, next_key = service.list_models(
         who, name_prefix, parse_tag_filters(tag), cursor_key("models", cursor), limit
     )
-    return schemas.Page(items=items, next_cursor=encode_cursor("models", next_key) if next_key else None)
+    return json_response(
+        schemas.Page(items=items, next_cursor=encode_cursor("models", next_key) if next_key else None)
+    )
 
 
 @router.get("/{name}", response_model=schemas.ModelPublic)

@@ -60,14 +60,13 @@ def list_model_versions(
     tag: TagQuery = None,
     cursor: CursorQuery = None,
     limit: LimitQuery = DEFAULT_LIMIT,
-) -> schemas.Page[schemas.VersionPublic]:
+) -> Response:
     flt = VersionFilter(
         model=name, author=author, framework=framework, status=status, tags=parse_tag_filters(tag)
     )
     items, next_key = service.list_versions(who, flt, cursor_key("model-versions", cursor), limit)
-    return schemas.Page(
-        items=items, next_cursor=encode_cursor("model-versions", next_key) if next_key else None
-    )
+    next_cursor = encode_cursor("model-versions", next_key) if next_key else None
+    return json_response(schemas.Page(items=items, next_cursor=next_cursor))
 
 
 @router.get("/versions", response_model=schemas.Page[schemas.VersionPublic])
@@ -81,7 +80,7 @@ def search_versions(
     tag: TagQuery = None,
     cursor: CursorQuery = None,
     limit: LimitQuery = DEFAULT_LIMIT,
-) -> schemas.Page[schemas.VersionPublic]:
+) -> Response:
     """Search versions of all models the token may read."""
     flt = VersionFilter(
         name_prefix=name_prefix,
@@ -91,7 +90,9 @@ def search_versions(
         tags=parse_tag_filters(tag),
     )
     items, next_key = service.list_versions(who, flt, cursor_key("versions", cursor), limit)
-    return schemas.Page(items=items, next_cursor=encode_cursor("versions", next_key) if next_key else None)
+    return json_response(
+        schemas.Page(items=items, next_cursor=encode_cursor("versions", next_key) if next_key else None)
+    )
 
 
 @router.get("/models/{name}/versions/{version}", response_model=schemas.VersionPublic)
