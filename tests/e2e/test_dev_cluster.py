@@ -420,7 +420,9 @@ def test_restarted_agent_leaves_no_orphans_and_reruns_pods(cluster: Cluster, nam
 def test_kwok_fleet_schedules_gpu_pods(cluster: Cluster, namespace: str) -> None:
     fleet = len(cluster.get_json("nodes", "-l", "type=kwok")["items"])
     if max(cluster.kwok_nodes, fleet) < 100:
-        pytest.skip("needs 100+ kwok nodes (the dev cluster starts them when kwok is built: `make cluster-bins`)")
+        pytest.skip(
+            "needs 100+ kwok nodes (the dev cluster starts them when kwok is built: `make cluster-bins`)"
+        )
     ready = wait_for(
         "100 kwok nodes Ready",
         lambda: (lambda ns: ns if len(ns) >= 100 else None)(
