@@ -381,6 +381,8 @@ def _start(
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--allow-privileged=true",
             "--endpoint-reconciler-type=none",
+            # Every dev node's kubelet (the agent, for `kubectl logs`) is at InternalIP 127.0.0.1.
+            "--kubelet-preferred-address-types=InternalIP",
             "--enable-priority-and-fairness=false",
             "--profiling=false",
             "--v=1",

@@ -192,6 +192,9 @@ def test_crashing_container_is_restarted_with_a_rising_restart_count(
         return statuses[0] if statuses and statuses[0]["restartCount"] >= 2 else None
 
     status = wait_for("two restarts", restarts, timeout=90)
+    logs = cluster.kubectl("logs", "crasher", "-n", namespace, "-c", "main").stdout.splitlines()
+    assert logs.count("crashing") >= 2  # every run's output, as `kubectl logs` shows it
+    assert cluster.kubectl("logs", "crasher", "-n", namespace, "--tail=1").stdout == "crashing\n"
     assert status["lastState"]["terminated"]["exitCode"] == 3
     assert status["lastState"]["terminated"]["reason"] == "Error"
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from modelplane.devcluster.agent import backoff, downward, gpus, ipam, probes
+from modelplane.devcluster.agent import backoff, downward, gpus, ipam, logs, probes
 
 
 def test_pod_ips_are_unique_loopback_addresses_never_the_hosts() -> None:
@@ -198,3 +198,11 @@ def test_clusters_on_one_machine_claim_distinct_pod_networks() -> None:
         assert again == second  # released with its holder's file descriptor
     finally:
         os.close(fd1)
+
+
+def test_log_tail_keeps_the_last_lines() -> None:
+    data = b"a\nb\nc\n"
+    assert logs.tail(data, None) == data
+    assert logs.tail(data, 2) == b"b\nc\n"
+    assert logs.tail(data, 10) == data
+    assert logs.tail(data, 0) == b""

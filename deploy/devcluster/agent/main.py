@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from modelplane.devcluster import nodes
-from modelplane.devcluster.agent import gpus, ipam, records
+from modelplane.devcluster.agent import gpus, ipam, logs, records
 from modelplane.devcluster.agent.pods import PodWorker, now_rfc3339
 from modelplane.devcluster.kube import ApiError, AsyncApi, Credentials
 
@@ -48,6 +48,7 @@ class Agent:
         self.api = api
         self.apiserver_port = int(api.creds.server.rsplit(":", 1)[1])
         self.workers: dict[str, PodWorker] = {}
+        self.kubelet_port = 0
         self.ready_since = now_rfc3339()
         bin_dir = str(Path(sys.executable).parent)
         self.base_env = {
@@ -58,6 +59,11 @@ class Agent:
         }
         if "VIRTUAL_ENV" in os.environ:
             self.base_env["VIRTUAL_ENV"] = os.environ["VIRTUAL_ENV"]
+
+    def pod_alive(self, namespace: str, name: str) -> bool:
+        return any(
+            w.namespace == namespace and w.name == name and not w.finished for w in self.workers.values()
+        )
 
     def node_spec(self, name: str) -> nodes.NodeSpec:
         return self.specs[name]
@@ -80,7 +86,9 @@ class Agent:
         now = now_rfc3339()
         micro = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         for spec in self.specs.values():
-            status = nodes.node_status(spec, now, self.ready_since, self.kubelet_version)
+            status = nodes.node_status(
+                spec, now, self.ready_since, self.kubelet_version, kubelet_port=self.kubelet_port
+            )
             try:
                 await self.api.patch(f"/api/v1/nodes/{spec.name}/status", {"status": status})
                 await self._renew_lease(spec.name, micro)
@@ -207,6 +215,11 @@ async def run(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    runner, agent.kubelet_port = await logs.serve(
+        logs.make_app(state_dir / "pods", agent.pod_alive),
+        state_dir / "pki" / "apiserver.crt",
+        state_dir / "pki" / "apiserver.key",
+    )
     await agent.register_nodes()
     log.info("registered nodes: %s", ", ".join(agent.specs))
     tasks = [asyncio.create_task(agent.heartbeat_loop()), asyncio.create_task(agent.sync_loop())]
@@ -216,6 +229,7 @@ async def run(args: argparse.Namespace) -> None:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await agent.shutdown()
+    await runner.cleanup()
     await api.close()
 
 
