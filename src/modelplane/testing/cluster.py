@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -128,6 +129,10 @@ def pytest_runtest_makereport(
     return report
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @pytest.fixture(scope="session")
 def cluster_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     external = os.environ.get("KUBECONFIG")
@@ -156,9 +161,14 @@ def cluster_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluste
     handle = Cluster(
         kubeconfig=state.kubeconfig, kubectl_path=_kubectl_binary(), state_dir=directory, kwok_nodes=nodes
     )
+    # The cluster's processes run in their own sessions; a SIGTERM to pytest (a CI timeout, say)
+    # must still run this fixture's teardown, or they would outlive the run.
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         yield handle
     finally:
+        signal.signal(signal.SIGTERM, previous)
         devcluster.down(directory, keep=True, report=lambda m: None)
 
 
