@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from modelplane.devcluster import nodes
+from modelplane.devcluster import cluster, nodes
 from modelplane.devcluster.agent import gpus, ipam, logs, records
 from modelplane.devcluster.agent.pods import PodWorker, now_rfc3339
 from modelplane.devcluster.kube import ApiError, AsyncApi, Credentials
@@ -198,6 +198,14 @@ class Agent:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def _watch_owner(pid: int, stop: asyncio.Event) -> None:
+    # Polling: another session's process gives no event to wait on.
+    while cluster.pid_alive(pid):  # noqa: ASYNC110
+        await asyncio.sleep(1.0)
+    log.info("owner process %d exited", pid)
+    stop.set()
+
+
 def _load_specs(state_dir: Path) -> list[nodes.NodeSpec]:
     data = json.loads((state_dir / "cluster.json").read_text())
     return [nodes.NodeSpec.from_dict(d) for d in data["nodes"]]
@@ -223,6 +231,8 @@ async def run(args: argparse.Namespace) -> None:
     await agent.register_nodes()
     log.info("registered nodes: %s", ", ".join(agent.specs))
     tasks = [asyncio.create_task(agent.heartbeat_loop()), asyncio.create_task(agent.sync_loop())]
+    if args.owner_pid:
+        tasks.append(asyncio.create_task(_watch_owner(args.owner_pid, stop)))
     await stop.wait()
     log.info("stopping: terminating pod processes")
     for task in tasks:
@@ -231,6 +241,9 @@ async def run(args: argparse.Namespace) -> None:
     await agent.shutdown()
     await runner.cleanup()
     await api.close()
+    if args.owner_pid and not cluster.pid_alive(args.owner_pid):
+        log.info("owner %d is gone: stopping the rest of the cluster", args.owner_pid)
+        await asyncio.to_thread(cluster.stop_others, state_dir, "node-agent")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -238,6 +251,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--pod-network", default="127.10.0.0/16")
     parser.add_argument("--kubelet-version", default="v0.0.0")
+    parser.add_argument(
+        "--owner-pid", type=int, default=0, help="stop the whole cluster when this process is gone"
+    )
     args = parser.parse_args(argv)
     args.state_dir = Path(args.state_dir).resolve()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)

@@ -159,7 +159,9 @@ def cluster_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluste
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         try:
-            state = devcluster.up(directory, kwok_nodes=nodes, report=lambda m: print(m, file=sys.stderr))
+            state = devcluster.up(
+                directory, kwok_nodes=nodes, owner_pid=os.getpid(), report=lambda m: print(m, file=sys.stderr)
+            )
         except devcluster.ClusterError as exc:
             pytest.fail(f"the dev cluster did not start: {exc}", pytrace=False)
         yield Cluster(
