@@ -180,6 +180,36 @@ def test_pod_asking_for_too_many_gpus_stays_pending_with_a_scheduling_event(
     assert not status.get("podIP")
 
 
+def test_pod_bound_past_the_scheduler_to_a_node_without_enough_gpus_fails_admission(
+    cluster: Cluster, namespace: str
+) -> None:
+    nodes = cluster.get_json("nodes")["items"]
+    small = min(
+        (
+            n
+            for n in nodes
+            if int(n["status"].get("allocatable", {}).get(GPU, "0")) > 0 and not n["spec"].get("taints")
+        ),
+        key=lambda n: int(n["status"]["allocatable"][GPU]),
+    )
+    wanted = int(small["status"]["allocatable"][GPU]) + 1
+    pod = _pod(
+        "too-big",
+        ["python", "-c", "pass"],
+        container={"resources": {"limits": {GPU: str(wanted)}}},
+        nodeName=small["metadata"]["name"],
+    )
+    cluster.apply(pod, namespace)
+
+    def failed() -> dict[str, Any] | None:
+        status: dict[str, Any] = cluster.get_json("pod", "too-big", "-n", namespace)["status"]
+        return status if status.get("phase") == "Failed" else None
+
+    status = wait_for("admission failure", failed, timeout=60)
+    assert status["reason"] == f"OutOf{GPU}"
+    assert GPU in status["message"]
+
+
 def test_crashing_container_is_restarted_with_a_rising_restart_count(
     cluster: Cluster, namespace: str
 ) -> None:

@@ -49,6 +49,7 @@ class Agent:
         self.apiserver_port = int(api.creds.server.rsplit(":", 1)[1])
         self.workers: dict[str, PodWorker] = {}
         self.kubelet_port = 0
+        self.rejected: set[str] = set()
         self.ready_since = now_rfc3339()
         bin_dir = str(Path(sys.executable).parent)
         self.base_env = {
@@ -149,6 +150,28 @@ class Agent:
             ip = ipam.allocate(str(self.pod_network), self._used_ips())
         return PodWorker(self, pod, ip, assigned)
 
+    def _gpu_shortage(self, pod: dict[str, Any]) -> str:
+        node = pod["spec"]["nodeName"]
+        wanted = sum(gpus.requested(c) for c in pod["spec"]["containers"])
+        used = len(self._gpus_in_use(node))
+        return (
+            f"Node didn't have enough resource: {gpus.GPU_RESOURCE}, requested: {wanted}, used: {used}, "
+            f"capacity: {self.specs[node].gpus}"
+        )
+
+    async def _reject(self, pod: dict[str, Any], reason: str, message: str) -> None:
+        """Fail a pod the node cannot run, as a kubelet's admission does (once per pod)."""
+        uid = pod["metadata"]["uid"]
+        if uid in self.rejected:
+            return
+        status = {"phase": "Failed", "reason": reason, "message": message}
+        meta = pod["metadata"]
+        with contextlib.suppress(ApiError):
+            await self.api.patch(
+                f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status", {"status": status}
+            )
+            self.rejected.add(uid)
+
     async def sync(self) -> None:
         pods = (await self.api.get("/api/v1/pods"))["items"]
         seen: set[str] = set()
@@ -170,6 +193,7 @@ class Agent:
                     continue
                 worker = self._admit(pod)
                 if worker is None:
+                    await self._reject(pod, f"OutOf{gpus.GPU_RESOURCE}", self._gpu_shortage(pod))
                     continue
                 self.workers[uid] = worker
                 worker.task = asyncio.create_task(worker.run(), name=f"pod {uid}")
