@@ -269,7 +269,7 @@ def find_go() -> str:
     if go is None:
         raise BuildError(
             "The Go toolchain (`go`) is not on PATH. The dev cluster builds etcd and Kubernetes from the Go "
-            "module proxy once and caches them; install Go 1.24 or newer (https://go.dev/dl/), put it on "
+            "module proxy once and caches them; install Go 1.26 or newer (https://go.dev/dl/), put it on "
             "PATH, and run `modelplane dev-cluster build` again."
         )
     return go

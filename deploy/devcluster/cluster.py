@@ -72,6 +72,7 @@ class ClusterState:
     kwok_nodes: int = 0
     started_at: float = 0.0
     pod_network: str = ""
+    owner_pid: int = 0
 
     @property
     def server(self) -> str:
@@ -94,6 +95,7 @@ class ClusterState:
             "kwok_nodes": self.kwok_nodes,
             "started_at": self.started_at,
             "pod_network": self.pod_network,
+            "owner_pid": self.owner_pid,
         }
         tmp = self.directory / "cluster.json.tmp"
         tmp.write_text(json.dumps(data, indent=2))
@@ -114,6 +116,7 @@ class ClusterState:
             kwok_nodes=int(data.get("kwok_nodes", 0)),
             started_at=float(data.get("started_at", 0.0)),
             pod_network=str(data.get("pod_network", "")),
+            owner_pid=int(data.get("owner_pid", 0)),
         )
 
 
@@ -282,8 +285,12 @@ def up(
     reset: bool = False,
     report: Reporter = print,
     timeout: float = 120.0,
+    owner_pid: int = 0,
 ) -> ClusterState:
     """Start a dev cluster in ``directory`` and wait until its nodes are Ready.
+
+    With ``owner_pid`` (a test runner), the node agent stops the whole cluster once that process is
+    gone, however it ended (even SIGKILL), so a killed run leaves nothing behind.
 
     Idempotent for a cluster that is already fully running (returns its state). Refuses a stale
     state directory (left by a cluster whose processes are gone) unless ``reset``.
@@ -318,7 +325,13 @@ def up(
     bins = build.bin_dirs(components)
 
     directory.mkdir(parents=True, exist_ok=True)
-    state = ClusterState(directory=directory, node_specs=specs, kwok_nodes=kwok_nodes, started_at=time.time())
+    state = ClusterState(
+        directory=directory,
+        node_specs=specs,
+        kwok_nodes=kwok_nodes,
+        started_at=time.time(),
+        owner_pid=owner_pid,
+    )
     state.apiserver_port = apiserver_port or free_port()
     state.etcd_port = free_port()
     peer_port = free_port()
@@ -381,6 +394,8 @@ def _start(
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--allow-privileged=true",
             "--endpoint-reconciler-type=none",
+            # Every dev node's kubelet (the agent, for `kubectl logs`) is at InternalIP 127.0.0.1.
+            "--kubelet-preferred-address-types=InternalIP",
             "--enable-priority-and-fairness=false",
             "--profiling=false",
             "--v=1",
@@ -470,6 +485,8 @@ def _spawn_agent(state: ClusterState) -> int:
             f"--pod-network={network}",
             f"--kubelet-version={versions.KUBERNETES}",
         ]
+        if state.owner_pid:
+            argv.append(f"--owner-pid={state.owner_pid}")
         return _spawn("node-agent", argv, state, env={**os.environ, "PYTHONUNBUFFERED": "1"}, pass_fds=(fd,))
     finally:
         os.close(fd)
@@ -504,6 +521,18 @@ def ready_nodes(api: Api) -> set[str]:
             if cond["type"] == "Ready" and cond["status"] == "True":
                 ready.add(node["metadata"]["name"])
     return ready
+
+
+def stop_others(directory: Path, myself: str) -> None:
+    """Stop every component but ``myself`` (the node agent, when its owner vanished)."""
+    state = ClusterState.load(directory)
+    if state is None:
+        return
+    markers = _markers()
+    for name in reversed(COMPONENTS):
+        pid = state.pids.get(name)
+        if pid is not None and name != myself:
+            stop_process(pid, markers[name], grace=10.0)
 
 
 def down(directory: Path, keep: bool = False, report: Reporter = print) -> bool:

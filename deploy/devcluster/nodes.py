@@ -133,7 +133,7 @@ def node_object(spec: NodeSpec) -> dict[str, Any]:
 
 
 def node_status(
-    spec: NodeSpec, now: str, since: str, kubelet_version: str, ready: bool = True
+    spec: NodeSpec, now: str, since: str, kubelet_version: str, ready: bool = True, kubelet_port: int = 0
 ) -> dict[str, Any]:
     """The Node's status as the agent reports it on every heartbeat (``since``: when it became ready)."""
 
@@ -167,7 +167,7 @@ def node_status(
                 "modelplane node agent is posting ready status",
             ),
         ],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
         "nodeInfo": {
             "machineID": spec.name,
             "systemUUID": spec.name,

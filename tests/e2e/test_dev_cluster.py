@@ -180,6 +180,36 @@ def test_pod_asking_for_too_many_gpus_stays_pending_with_a_scheduling_event(
     assert not status.get("podIP")
 
 
+def test_pod_bound_past_the_scheduler_to_a_node_without_enough_gpus_fails_admission(
+    cluster: Cluster, namespace: str
+) -> None:
+    nodes = cluster.get_json("nodes")["items"]
+    small = min(
+        (
+            n
+            for n in nodes
+            if int(n["status"].get("allocatable", {}).get(GPU, "0")) > 0 and not n["spec"].get("taints")
+        ),
+        key=lambda n: int(n["status"]["allocatable"][GPU]),
+    )
+    wanted = int(small["status"]["allocatable"][GPU]) + 1
+    pod = _pod(
+        "too-big",
+        ["python", "-c", "pass"],
+        container={"resources": {"limits": {GPU: str(wanted)}}},
+        nodeName=small["metadata"]["name"],
+    )
+    cluster.apply(pod, namespace)
+
+    def failed() -> dict[str, Any] | None:
+        status: dict[str, Any] = cluster.get_json("pod", "too-big", "-n", namespace)["status"]
+        return status if status.get("phase") == "Failed" else None
+
+    status = wait_for("admission failure", failed, timeout=60)
+    assert status["reason"] == f"OutOf{GPU}"
+    assert GPU in status["message"]
+
+
 def test_crashing_container_is_restarted_with_a_rising_restart_count(
     cluster: Cluster, namespace: str
 ) -> None:
@@ -192,6 +222,9 @@ def test_crashing_container_is_restarted_with_a_rising_restart_count(
         return statuses[0] if statuses and statuses[0]["restartCount"] >= 2 else None
 
     status = wait_for("two restarts", restarts, timeout=90)
+    logs = cluster.kubectl("logs", "crasher", "-n", namespace, "-c", "main").stdout.splitlines()
+    assert logs.count("crashing") >= 2  # every run's output, as `kubectl logs` shows it
+    assert cluster.kubectl("logs", "crasher", "-n", namespace, "--tail=1").stdout == "crashing\n"
     assert status["lastState"]["terminated"]["exitCode"] == 3
     assert status["lastState"]["terminated"]["reason"] == "Error"
 
@@ -418,8 +451,11 @@ def test_restarted_agent_leaves_no_orphans_and_reruns_pods(cluster: Cluster, nam
 
 
 def test_kwok_fleet_schedules_gpu_pods(cluster: Cluster, namespace: str) -> None:
-    if cluster.kwok_nodes < 100:
-        pytest.skip("needs the dev cluster's kwok fleet (kwok not built: run `make cluster-bins`)")
+    fleet = len(cluster.get_json("nodes", "-l", "type=kwok")["items"])
+    if max(cluster.kwok_nodes, fleet) < 100:
+        pytest.skip(
+            "needs 100+ kwok nodes (the dev cluster starts them when kwok is built: `make cluster-bins`)"
+        )
     ready = wait_for(
         "100 kwok nodes Ready",
         lambda: (lambda ns: ns if len(ns) >= 100 else None)(

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from modelplane.devcluster.agent import backoff, downward, gpus, ipam, probes
+from modelplane.devcluster.agent import backoff, downward, gpus, ipam, logs, probes
 
 
 def test_pod_ips_are_unique_loopback_addresses_never_the_hosts() -> None:
@@ -215,3 +215,11 @@ def test_mount_paths_in_arguments_and_env_reach_the_volume_directories() -> None
     assert remap_mount_paths("/modelsX", mounts) == "/modelsX"
     assert remap_mount_paths("--host", mounts) == "--host"
     assert remap_mount_paths("127.0.0.1", mounts) == "127.0.0.1"
+
+
+def test_log_tail_keeps_the_last_lines() -> None:
+    data = b"a\nb\nc\n"
+    assert logs.tail(data, None) == data
+    assert logs.tail(data, 2) == b"b\nc\n"
+    assert logs.tail(data, 10) == data
+    assert logs.tail(data, 0) == b""

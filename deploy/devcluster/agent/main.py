@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from modelplane.devcluster import nodes
-from modelplane.devcluster.agent import gpus, ipam, records
+from modelplane.devcluster import cluster, nodes
+from modelplane.devcluster.agent import gpus, ipam, logs, records
 from modelplane.devcluster.agent.pods import PodWorker, now_rfc3339
 from modelplane.devcluster.kube import ApiError, AsyncApi, Credentials
 
@@ -48,6 +48,8 @@ class Agent:
         self.api = api
         self.apiserver_port = int(api.creds.server.rsplit(":", 1)[1])
         self.workers: dict[str, PodWorker] = {}
+        self.kubelet_port = 0
+        self.rejected: set[str] = set()
         self.ready_since = now_rfc3339()
         bin_dir = str(Path(sys.executable).parent)
         self.base_env = {
@@ -58,6 +60,11 @@ class Agent:
         }
         if "VIRTUAL_ENV" in os.environ:
             self.base_env["VIRTUAL_ENV"] = os.environ["VIRTUAL_ENV"]
+
+    def pod_alive(self, namespace: str, name: str) -> bool:
+        return any(
+            w.namespace == namespace and w.name == name and not w.finished for w in self.workers.values()
+        )
 
     def node_spec(self, name: str) -> nodes.NodeSpec:
         return self.specs[name]
@@ -80,7 +87,9 @@ class Agent:
         now = now_rfc3339()
         micro = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         for spec in self.specs.values():
-            status = nodes.node_status(spec, now, self.ready_since, self.kubelet_version)
+            status = nodes.node_status(
+                spec, now, self.ready_since, self.kubelet_version, kubelet_port=self.kubelet_port
+            )
             try:
                 await self.api.patch(f"/api/v1/nodes/{spec.name}/status", {"status": status})
                 await self._renew_lease(spec.name, micro)
@@ -161,6 +170,28 @@ class Agent:
             ip = ipam.allocate(str(self.pod_network), self._used_ips())
         return PodWorker(self, pod, ip, assigned)
 
+    def _gpu_shortage(self, pod: dict[str, Any]) -> str:
+        node = pod["spec"]["nodeName"]
+        wanted = sum(gpus.requested(c) for c in pod["spec"]["containers"])
+        used = len(self._gpus_in_use(node))
+        return (
+            f"Node didn't have enough resource: {gpus.GPU_RESOURCE}, requested: {wanted}, used: {used}, "
+            f"capacity: {self.specs[node].gpus}"
+        )
+
+    async def _reject(self, pod: dict[str, Any], reason: str, message: str) -> None:
+        """Fail a pod the node cannot run, as a kubelet's admission does (once per pod)."""
+        uid = pod["metadata"]["uid"]
+        if uid in self.rejected:
+            return
+        status = {"phase": "Failed", "reason": reason, "message": message}
+        meta = pod["metadata"]
+        with contextlib.suppress(ApiError):
+            await self.api.patch(
+                f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status", {"status": status}
+            )
+            self.rejected.add(uid)
+
     async def sync(self) -> None:
         pods = (await self.api.get("/api/v1/pods"))["items"]
         seen: set[str] = set()
@@ -182,6 +213,7 @@ class Agent:
                     continue
                 worker = self._admit(pod)
                 if worker is None:
+                    await self._reject(pod, f"OutOf{gpus.GPU_RESOURCE}", self._gpu_shortage(pod))
                     continue
                 self.workers[uid] = worker
                 worker.task = asyncio.create_task(worker.run(), name=f"pod {uid}")
@@ -210,6 +242,14 @@ class Agent:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def _watch_owner(pid: int, stop: asyncio.Event) -> None:
+    # Polling: another session's process gives no event to wait on.
+    while cluster.pid_alive(pid):  # noqa: ASYNC110
+        await asyncio.sleep(1.0)
+    log.info("owner process %d exited", pid)
+    stop.set()
+
+
 def _load_specs(state_dir: Path) -> list[nodes.NodeSpec]:
     data = json.loads((state_dir / "cluster.json").read_text())
     return [nodes.NodeSpec.from_dict(d) for d in data["nodes"]]
@@ -227,6 +267,11 @@ async def run(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    runner, agent.kubelet_port = await logs.serve(
+        logs.make_app(state_dir / "pods", agent.pod_alive),
+        state_dir / "pki" / "apiserver.crt",
+        state_dir / "pki" / "apiserver.key",
+    )
     await agent.register_nodes()
     log.info("registered nodes: %s", ", ".join(agent.specs))
     tasks = [
@@ -234,13 +279,19 @@ async def run(args: argparse.Namespace) -> None:
         asyncio.create_task(agent.sync_loop()),
         asyncio.create_task(agent.reload_loop()),
     ]
+    if args.owner_pid:
+        tasks.append(asyncio.create_task(_watch_owner(args.owner_pid, stop)))
     await stop.wait()
     log.info("stopping: terminating pod processes")
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await agent.shutdown()
+    await runner.cleanup()
     await api.close()
+    if args.owner_pid and not cluster.pid_alive(args.owner_pid):
+        log.info("owner %d is gone: stopping the rest of the cluster", args.owner_pid)
+        await asyncio.to_thread(cluster.stop_others, state_dir, "node-agent")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -248,6 +299,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--pod-network", default="127.10.0.0/16")
     parser.add_argument("--kubelet-version", default="v0.0.0")
+    parser.add_argument(
+        "--owner-pid", type=int, default=0, help="stop the whole cluster when this process is gone"
+    )
     args = parser.parse_args(argv)
     args.state_dir = Path(args.state_dir).resolve()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)

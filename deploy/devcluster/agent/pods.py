@@ -19,7 +19,8 @@ Kubernetes defines it):
   starts empty; ``configMap`` and ``secret`` volumes hold one file per key;
 - ``NVIDIA_VISIBLE_DEVICES`` with the GPU indices assigned to it (containers asking for
   ``nvidia.com/gpu``), as the NVIDIA device plugin would assign them;
-- stdout and stderr appended to ``<state>/pods/<namespace>_<name>_<uid8>/logs/<container>.log``.
+- stdout and stderr appended to ``<state>/pods/<namespace>_<name>_<uid8>/logs/<container>.log``
+  (served to ``kubectl logs`` by ``logs``).
 
 On deletion every container gets SIGTERM (to its whole process group), then SIGKILL after the
 pod's grace period; then the pod object is removed.

@@ -45,6 +45,8 @@ def _builder(components: tuple[build.Component, ...]) -> None:
     with console.status("starting") as status:
         counter: dict[str, int] = {"packages": 0}
         current = {"binary": ""}
+        # Without a terminal (CI logs) the live line is invisible: print a progress line now and then.
+        last_line = {"at": time.monotonic()}
 
         def report(line: str) -> None:
             if line.startswith("building "):
@@ -56,9 +58,11 @@ def _builder(components: tuple[build.Component, ...]) -> None:
             else:
                 counter["packages"] += 1
             elapsed = time.monotonic() - start
-            status.update(
-                f"{current['binary']}: {counter['packages']} packages compiled ({elapsed:.0f}s) {line[:70]}"
-            )
+            progress = f"{current['binary']}: {counter['packages']} packages compiled ({elapsed:.0f}s)"
+            status.update(f"{progress} {line[:70]}")
+            if not console.is_terminal and time.monotonic() - last_line["at"] >= 30:
+                last_line["at"] = time.monotonic()
+                console.print(progress)
 
         built = build.build(components, report=report)
     for name, seconds in built:

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -138,6 +139,10 @@ def pytest_runtest_makereport(
     return report
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @pytest.fixture(scope="session")
 def cluster_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     external = os.environ.get("KUBECONFIG")
@@ -158,18 +163,26 @@ def cluster_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluste
     kwok_built = not build.missing((build.kwok_component(),))
     directory = tmp_path_factory.mktemp("dev-cluster")
     nodes = KWOK_NODES if kwok_built else 0
+    # The cluster's processes run in their own sessions; a SIGTERM to pytest (a CI timeout, say),
+    # even while the cluster is still starting, must still run the teardown below.
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        state = devcluster.up(directory, kwok_nodes=nodes, report=lambda m: print(m, file=sys.stderr))
-    except devcluster.ClusterError as exc:
-        devcluster.down(directory, keep=True)
-        pytest.fail(f"the dev cluster did not start: {exc}", pytrace=False)
-    handle = Cluster(
-        kubeconfig=state.kubeconfig, kubectl_path=_kubectl_binary(), state_dir=directory, kwok_nodes=nodes
-    )
-    try:
-        yield handle
+        try:
+            state = devcluster.up(
+                directory, kwok_nodes=nodes, owner_pid=os.getpid(), report=lambda m: print(m, file=sys.stderr)
+            )
+        except devcluster.ClusterError as exc:
+            pytest.fail(f"the dev cluster did not start: {exc}", pytrace=False)
+        yield Cluster(
+            kubeconfig=state.kubeconfig, kubectl_path=_kubectl_binary(), state_dir=directory, kwok_nodes=nodes
+        )
     finally:
-        devcluster.down(directory, keep=True, report=lambda m: None)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stopping must not be cut short
+        try:
+            devcluster.down(directory, keep=True, report=lambda m: None)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.fixture
