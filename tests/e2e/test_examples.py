@@ -1,4 +1,5 @@
-"""Every manifest in deploy/examples/ applies cleanly and reaches its goal on the cluster."""
+"""Every plain-Kubernetes manifest in deploy/examples/kubernetes/ applies and reaches its goal on the cluster
+(the ModelDeployment examples beside it are run by the operator suite)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from modelplane.testing.cluster import Cluster
 
 pytestmark = pytest.mark.e2e
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "kubernetes"
 
 
 def _wait(cluster: Cluster, namespace: str, condition: str, kind: str) -> None:
