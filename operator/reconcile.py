@@ -29,6 +29,7 @@ from modelplane.operator.children import (
     service_url,
     total_gpus,
 )
+from modelplane.operator.events import post_event
 from modelplane.operator.resolver import ResolutionError, Resolved, Resolver, ServingOptions, spec_sources
 from modelplane.operator.status.conditions import merge_conditions, now_rfc3339, transitions
 from modelplane.operator.status.readiness import (
@@ -260,32 +261,14 @@ class Reconciler:
             await self._event(body, changed)
 
     async def _event(self, body: Manifest, condition: api.Condition) -> None:
-        meta = body["metadata"]
         healthy = condition.status == "True" or (
             condition.type == "Progressing" and condition.reason == "Complete"
         )
-        now = now_rfc3339()
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {
-                "apiVersion": api.API_VERSION,
-                "kind": api.KIND,
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta["uid"],
-            },
-            "type": "Normal" if healthy else "Warning",
-            "reason": condition.reason or condition.type,
-            "message": f"{condition.type}={condition.status}: {condition.message}"[:1024],
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-            "source": {"component": self.kube.field_manager},
-            "reportingComponent": self.kube.field_manager,
-        }
-        try:
-            await self.kube.create_event(meta["namespace"], event)
-        except Exception:  # an Event is best effort; the condition already carries the news
-            log.warning("could not post an Event for %s/%s", meta["namespace"], meta["name"], exc_info=True)
+        await post_event(
+            self.kube,
+            body,
+            "Normal" if healthy else "Warning",
+            condition.reason or condition.type,
+            f"{condition.type}={condition.status}: {condition.message}",
+            self.kube.field_manager,
+        )

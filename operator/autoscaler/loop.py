@@ -25,6 +25,7 @@ from modelplane.operator.api import v1alpha1 as api
 from modelplane.operator.autoscaler.decide import Decision, Inputs, Sample, Settings, State, decide
 from modelplane.operator.autoscaler.metrics import LoadCache
 from modelplane.operator.children import DEPLOYMENT_LABEL, ROLE_LABEL
+from modelplane.operator.events import post_event
 from modelplane.operator.status.conditions import now_rfc3339
 
 log = logging.getLogger("modelplane.autoscaler")
@@ -128,31 +129,8 @@ class Autoscaler:
             )
 
     async def _event(self, body: Manifest, current: int, decision: Decision) -> None:
-        meta = body["metadata"]
-        now = now_rfc3339()
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {
-                "apiVersion": api.API_VERSION,
-                "kind": api.KIND,
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta["uid"],
-            },
-            "type": "Normal",
-            "reason": "Scaled",
-            "message": f"replicas {current} -> {decision.desired}: {decision.reason}"[:1024],
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-            "source": {"component": "modelplane-autoscaler"},
-        }
-        try:
-            await self.kube.create_event(meta["namespace"], event)
-        except Exception:
-            log.warning("could not post the Scaled event for %s/%s", self.namespace, self.name, exc_info=True)
+        message = f"replicas {current} -> {decision.desired}: {decision.reason}"
+        await post_event(self.kube, body, "Normal", "Scaled", message, "modelplane-autoscaler")
 
     async def run(self, stopped: Stopped) -> None:
         """Step every couple of seconds until the daemon is stopped; errors are logged and retried."""
