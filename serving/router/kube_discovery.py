@@ -22,14 +22,12 @@ from pydantic import ValidationError
 from modelplane.informer import Informer
 from modelplane.kube import KubeApi, KubeError, Manifest
 from modelplane.operator.api import v1alpha1 as api
+from modelplane.operator.children import DEPLOYMENT_LABEL, ROLE_LABEL, VERSION_LABEL
 from modelplane.serving.router.balancing import Backend, Endpoint
 from modelplane.serving.router.routes import ModelRoute
 
 log = logging.getLogger("modelplane.router")
 
-DEPLOYMENT_LABEL = "modelplane.io/deployment"
-ROLE_LABEL = "modelplane.io/role"
-VERSION_LABEL = "modelplane.io/model-version"
 DEFAULT_VERSION = "1"  # a storageUri model without a registry version is served as version 1
 
 
