@@ -48,7 +48,10 @@ class OperatorSettings:
     runtime_image: str = f"ghcr.io/modelplane/runtime:{__version__}"
     triton_image: str = "nvcr.io/nvidia/tritonserver:24.08-py3"
     artifact_token_secret: str | None = None  # Secret with key `token`, mounted for registry downloads
-    drain_seconds: int = 30
+    drain_seconds: int = 30  # how long in-flight requests may take once a pod refuses new ones
+    #: After SIGTERM a serving pod reports not ready but keeps answering this long, so requests
+    #: sent on stale endpoints during a rollout or scale-down still succeed.
+    drain_delay_seconds: int = 5
     cluster_domain: str = "cluster.local"
     extra_labels: dict[str, str] = field(default_factory=dict)
 
@@ -201,6 +204,8 @@ def runtime_containers(
         str(METRICS_PORT),
         "--drain-timeout",
         str(settings.drain_seconds),
+        "--drain-delay",
+        str(settings.drain_delay_seconds),
         *spec.runtime.args,
     ]
     container: Manifest = {
@@ -273,7 +278,7 @@ def deployment(
     pod_spec: Manifest = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": settings.drain_seconds + 15,
+        "terminationGracePeriodSeconds": settings.drain_delay_seconds + settings.drain_seconds + 15,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": 1000,

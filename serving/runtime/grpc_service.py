@@ -99,7 +99,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         return service_pb2.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: Any, context: Any) -> Any:  # noqa: N802
-        return service_pb2.ServerReadyResponse(ready=not self.lifecycle.draining and self.manager.ready())
+        return service_pb2.ServerReadyResponse(ready=self.lifecycle.accepting and self.manager.ready())
 
     async def ModelReady(self, request: Any, context: Any) -> Any:  # noqa: N802
         try:
@@ -108,7 +108,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             if exc.status == 404:
                 await self._abort(context, exc)
             return service_pb2.ModelReadyResponse(ready=False)
-        return service_pb2.ModelReadyResponse(ready=model.state == "READY" and not self.lifecycle.draining)
+        return service_pb2.ModelReadyResponse(ready=model.state == "READY" and self.lifecycle.accepting)
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
         return service_pb2.ServerMetadataResponse(

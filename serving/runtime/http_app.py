@@ -113,7 +113,7 @@ class HttpApp:
         if action == "live":
             await _respond(send, 200, b"", [])
         elif action == "ready":
-            ok = not self.lifecycle.draining and self.manager.ready()
+            ok = self.lifecycle.accepting and self.manager.ready()
             await _respond(send, 200 if ok else 503, b"" if ok else error_body("not ready"), _JSON)
         elif action == "server_metadata":
             doc = {"name": "modelplane", "version": __version__, "extensions": EXTENSIONS}
@@ -128,7 +128,7 @@ class HttpApp:
             await _respond(send, 200, orjson.dumps(doc), _JSON)
         elif action == "model_ready":
             model = self.manager.resolve(name, version)
-            ok = model.state == "READY" and not self.lifecycle.draining
+            ok = model.state == "READY" and self.lifecycle.accepting
             await _respond(
                 send, 200 if ok else 503, b"" if ok else error_body(f"model {name!r} is not ready"), _JSON
             )

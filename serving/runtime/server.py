@@ -1,8 +1,9 @@
 """Process lifetime: start the HTTP, gRPC and metrics listeners, load models, drain on SIGTERM.
 
 Live as soon as the listeners are up; ready once every model has loaded and warmed up. SIGTERM
-(or SIGINT) makes the server not ready, answers new inference requests with 503, waits for the
-requests in flight (bounded by the drain timeout), then closes the listeners and exits.
+(or SIGINT) makes the server not ready; it keeps answering for the drain delay (default 0), then
+answers new inference requests with 503, waits for the requests in flight (bounded by the drain
+timeout), closes the listeners and exits.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ class RuntimeOptions:
     threads: int | None = None
     interop_threads: int | None = None
     drain_timeout_s: float = 30.0
-    #: After SIGTERM, keep the listeners open (answering 503) at least this long, so that load
-    #: balancers see the pod leave before its port closes.
+    #: After SIGTERM, report not ready but keep answering every request this long before refusing
+    #: new ones, so that EndpointSlices, proxies and load balancers stop sending first (the
+    #: "lame duck" period; in Kubernetes it covers endpoint propagation during rollouts).
     drain_delay_s: float = 0.0
     cache_dir: Path | None = None
 
@@ -120,13 +122,14 @@ async def serve(options: RuntimeOptions) -> None:
         await manager.close()
         raise SystemExit(f"the HTTP server stopped: cannot serve on {options.host}:{options.http_port}")
 
+    if options.drain_delay_s > 0:
+        log.warning("leaving: not ready, still serving for %.1f s", options.drain_delay_s)
+        lifecycle.leave()
+        await asyncio.sleep(options.drain_delay_s)
     log.warning("draining: %d requests in flight", lifecycle.inflight)
-    drain_started = loop.time()
     finished = await lifecycle.drain(options.drain_timeout_s)
     if not finished:
         log.error("drain timeout: %d requests still in flight", lifecycle.inflight)
-    if (linger := options.drain_delay_s - (loop.time() - drain_started)) > 0:
-        await asyncio.sleep(linger)
     load_task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await load_task

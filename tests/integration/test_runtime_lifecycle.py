@@ -68,6 +68,33 @@ def test_sigterm_lets_inflight_requests_finish_and_refuses_new_ones(tmp_path: Pa
         server.stop()
 
 
+def test_during_the_drain_delay_the_server_is_not_ready_but_still_answers(tmp_path: Path) -> None:
+    """Kubernetes removes a terminating pod from its EndpointSlices only after a while; requests
+    sent on the stale endpoints meanwhile must still be answered (the "lame duck" period)."""
+    model = make_mlp(seed=5)
+    repo = tmp_path / "models"
+    write_model(repo, "mlp", model, mlp_config("mlp"))
+    server = RuntimeProcess(repo, ("--drain-delay", "5.0")).start()
+    try:
+        assert infer(server.http_url).status_code == 200
+        server.terminate()
+        deadline = time.monotonic() + 10
+        while httpx.get(server.http_url + "/v2/health/ready", timeout=5).status_code == 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert httpx.get(server.http_url + "/v2/models/mlp/ready", timeout=5).status_code == 503
+        assert httpx.get(server.http_url + "/v2/health/live", timeout=5).status_code == 200
+        answered = infer(server.http_url)
+        assert answered.status_code == 200, answered.text
+        with torch.no_grad():
+            want = model(torch.full((1, 64), 0.25)).numpy()
+        np.testing.assert_allclose(answered.json()["outputs"][0]["data"], want[0], rtol=1e-5, atol=1e-5)
+        assert server.process is not None
+        assert server.process.wait(60) == 0
+    finally:
+        server.stop()
+
+
 def test_sigterm_under_continuous_load_answers_every_accepted_request(tmp_path: Path) -> None:
     repo = tmp_path / "models"
     write_model(repo, "mlp", make_mlp(), mlp_config("mlp", delay_us=1000))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -53,6 +54,14 @@ def operator(
     drain_seconds: Annotated[
         int, typer.Option("--drain-seconds", min=0, help="Seconds a serving pod drains on termination.")
     ] = 30,
+    drain_delay_seconds: Annotated[
+        int,
+        typer.Option(
+            "--drain-delay-seconds",
+            min=0,
+            help="Seconds a terminating serving pod keeps answering (while not ready) before it drains.",
+        ),
+    ] = 5,
 ) -> None:
     """Reconcile ModelDeployments into serving pods, report their status, and scale them with load."""
     from modelplane.operator.children import OperatorSettings
@@ -66,13 +75,13 @@ def operator(
         except OSError as exc:
             raise typer.BadParameter(f"cannot read {registry_token_file}: {exc}") from exc
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = OperatorSettings(artifact_token_secret=artifact_token_secret, drain_seconds=drain_seconds)
+    settings = OperatorSettings(
+        artifact_token_secret=artifact_token_secret,
+        drain_seconds=drain_seconds,
+        drain_delay_seconds=drain_delay_seconds,
+    )
     if runtime_image:
-        settings = OperatorSettings(
-            runtime_image=runtime_image,
-            artifact_token_secret=artifact_token_secret,
-            drain_seconds=drain_seconds,
-        )
+        settings = dataclasses.replace(settings, runtime_image=runtime_image)
     options = RunOptions(
         namespaces=tuple(namespace or ()),
         peering=None if standalone else "modelplane",

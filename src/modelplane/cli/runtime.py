@@ -44,7 +44,7 @@ def runtime(
         typer.Option(
             "--drain-delay",
             min=0.0,
-            help="Seconds to keep answering 503 after SIGTERM before closing the ports",
+            help="Seconds to keep serving, reported not ready, after SIGTERM before refusing requests",
         ),
     ] = 0.0,
     cache_dir: Annotated[

@@ -165,7 +165,9 @@ def test_runtime_listens_on_the_pod_ip_with_v2_probes_and_drains_within_the_grac
     assert runtime["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert runtime["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     drain = float(args[args.index("--drain-timeout") + 1])
-    assert pod["terminationGracePeriodSeconds"] > drain
+    lame_duck = float(args[args.index("--drain-delay") + 1])
+    assert lame_duck > 0  # stale endpoints during a rollout still get answers
+    assert pod["terminationGracePeriodSeconds"] > lame_duck + drain
     init = pod["initContainers"][0]
     assert init["command"] == ["modelplane", "prepare-model"]
     assert {e["name"]: e.get("value") for e in init["env"]}["MODELPLANE_MODEL_CONFIG"] == STABLE.config_pbtxt
