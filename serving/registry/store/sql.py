@@ -13,7 +13,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, literal, select, text, union_all, update
+from sqlalchemy import bindparam, delete, func, literal, select, text, union_all, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload
 
@@ -45,6 +45,28 @@ from modelplane.serving.registry.store.base import (
 log = logging.getLogger(__name__)
 VERSION_CREATE_ATTEMPTS = 5
 _VERSION_COLUMNS = tuple(ModelVersion.__table__.columns)
+
+# The hot read paths (get a version, resolve an alias), built once with bound parameters.
+# Joined model → alias (primary key model_id, name) → version (primary key): constant cost however
+# many versions the model has.
+_VERSION_BY_ALIAS = (
+    select(*_VERSION_COLUMNS, RegisteredModel.name)
+    .select_from(RegisteredModel)
+    .join(Alias, Alias.model_id == RegisteredModel.id)
+    .join(ModelVersion, ModelVersion.id == Alias.version_id)
+    .where(RegisteredModel.name == bindparam("name"), Alias.name == bindparam("alias"))
+)
+_VERSION_BY_NUMBER = (
+    select(*_VERSION_COLUMNS, RegisteredModel.name)
+    .join(RegisteredModel, ModelVersion.model_id == RegisteredModel.id)
+    .where(RegisteredModel.name == bindparam("name"), ModelVersion.version == bindparam("version"))
+)
+_VERSION_EXTRAS = union_all(  # tags and aliases of one version, in one round trip
+    select(literal("t"), VersionTag.key, VersionTag.value).where(
+        VersionTag.version_id == bindparam("version_id")
+    ),
+    select(literal("a"), Alias.name, literal("")).where(Alias.version_id == bindparam("version_id")),
+)
 
 
 def model_etag(row: RegisteredModel) -> str:
@@ -416,12 +438,7 @@ class SqlStore(RegistryStore):
             return result
 
     def get_version(self, name: str, version: int) -> Versioned[schemas.VersionPublic]:
-        stmt = (
-            select(*_VERSION_COLUMNS, RegisteredModel.name)
-            .join(RegisteredModel, ModelVersion.model_id == RegisteredModel.id)
-            .where(RegisteredModel.name == name, ModelVersion.version == version)
-        )
-        found = self._read_version_fast(stmt)
+        found = self._read_version_fast(_VERSION_BY_NUMBER, {"name": name, "version": version})
         if found is None:
             raise errors.NotFoundError(f"version {version} of model {name!r} does not exist")
         return found
@@ -431,21 +448,20 @@ class SqlStore(RegistryStore):
             if conn.execute(select(RegisteredModel.id).where(RegisteredModel.name == name)).first() is None:
                 raise errors.NotFoundError(f"model {name!r} does not exist")
 
-    def _read_version_fast(self, stmt: Any) -> Versioned[schemas.VersionPublic] | None:
-        """One version as its public form from Core rows: the read path that runs most often."""
+    def _read_version_fast(
+        self, stmt: Any, params: dict[str, Any]
+    ) -> Versioned[schemas.VersionPublic] | None:
+        """One version as its public form from Core rows: the read path that runs most often.
+
+        The statements are built once (module level, bound parameters), so a call costs two
+        executions of cached compiled SQL and no statement construction.
+        """
         with self.db.engine.connect() as conn:
-            row = conn.execute(stmt).first()
+            row = conn.execute(stmt, params).first()
             if row is None:
                 return None
             m = row._mapping
-            extras = conn.execute(
-                union_all(
-                    select(literal("t"), VersionTag.key, VersionTag.value).where(
-                        VersionTag.version_id == m["id"]
-                    ),
-                    select(literal("a"), Alias.name, literal("")).where(Alias.version_id == m["id"]),
-                )
-            ).all()
+            extras = conn.execute(_VERSION_EXTRAS, {"version_id": m["id"]}).all()
         tags = {k: v for kind, k, v in extras if kind == "t"}
         aliases = sorted(k for kind, k, _ in extras if kind == "a")
         artifact = None
@@ -727,16 +743,7 @@ class SqlStore(RegistryStore):
 
     def resolve_alias(self, name: str, alias: str) -> Versioned[schemas.VersionPublic]:
         """The version behind ``name@alias`` (the operator's hot path): two Core queries, no ORM."""
-        # Joined model → alias (primary key model_id, name) → version (primary key): constant cost
-        # however many versions the model has.
-        stmt = (
-            select(*_VERSION_COLUMNS, RegisteredModel.name)
-            .select_from(RegisteredModel)
-            .join(Alias, Alias.model_id == RegisteredModel.id)
-            .join(ModelVersion, ModelVersion.id == Alias.version_id)
-            .where(RegisteredModel.name == name, Alias.name == alias)
-        )
-        found = self._read_version_fast(stmt)
+        found = self._read_version_fast(_VERSION_BY_ALIAS, {"name": name, "alias": alias})
         if found is None:
             self._model_row_exists(name)
             raise errors.NotFoundError(f"model {name!r} has no alias {alias!r}")
