@@ -26,7 +26,7 @@ DEFAULT_DATA_DIR = Path(".modelplane")
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code=code)
 
 
@@ -83,7 +83,7 @@ def deploy(
     found, errors = load_file(file)
     if errors:
         for error in errors:
-            err_console.print(f"[bold red]error:[/] {error}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         raise _fail("the file was not deployed: fix the problems above and run the command again", 2)
     if kube:
         kubectl = shutil.which("kubectl")
@@ -175,7 +175,7 @@ def get(
         return
     console.print(deployments_table(deployments))
     for error in status.get("errors", []):
-        err_console.print(f"[bold red]error:[/] {error}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
 
 
 def describe(
