@@ -103,7 +103,8 @@ def test_printed_curl_answers_with_the_documented_class(stack: UpProcess) -> Non
     response = httpx.post(url, json=body, timeout=60)
     assert response.status_code == 200, response.text
     output = response.json()["outputs"][0]
-    assert output["name"] == "OUTPUT__0" and output["shape"] == [1, 3]
+    assert output["name"] == "OUTPUT__0"
+    assert output["shape"] == [1, 3]
     assert max(range(3), key=lambda i: output["data"][i]) == SAMPLE_CLASS
     assert sum(output["data"]) == pytest.approx(1.0, abs=1e-4)
 
@@ -178,9 +179,11 @@ def test_cli_get_describe_infer_logs_against_the_stack(stack: UpProcess) -> None
     data = json.loads(answered.stdout)["outputs"][0]["data"]
     assert data.index(max(data)) == 1
     unknown = cli("describe", "nope")
-    assert unknown.returncode == 1 and "no deployment named 'nope'" in unknown.stderr
+    assert unknown.returncode == 1
+    assert "no deployment named 'nope'" in unknown.stderr
     logs = cli("logs", "registry", "--tail", "5")
-    assert logs.returncode == 0 and logs.stdout.strip()
+    assert logs.returncode == 0
+    assert logs.stdout.strip()
 
 
 def test_sigterm_stops_everything_and_a_restart_resumes(stack: UpProcess, tmp_path: Path) -> None:

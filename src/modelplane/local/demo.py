@@ -9,6 +9,7 @@ printed by ``modelplane up`` sits near the centre of class 2, so the answer is e
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,7 +89,9 @@ def train(out: Path, seed: int = 0, epochs: int = 60) -> TrainedDemo:
     with torch.no_grad():
         accuracy = float((model(x_test).argmax(-1) == y_test).float().mean())
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.script(model).save(str(out))
+    with warnings.catch_warnings():  # TorchScript is what Triton's PyTorch backend serves; keep it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(model).save(str(out))  # type: ignore[no-untyped-call]
     params = {
         "hidden": str(hidden),
         "epochs": str(epochs),
@@ -96,7 +99,7 @@ def train(out: Path, seed: int = 0, epochs: int = 60) -> TrainedDemo:
         "lr": "0.05",
         "seed": str(seed),
     }
-    return TrainedDemo(out, accuracy, float(loss), params)
+    return TrainedDemo(out, accuracy, float(loss.detach()), params)
 
 
 def ensure_demo(client: RegistryClient, workdir: Path) -> int | None:

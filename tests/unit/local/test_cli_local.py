@@ -69,13 +69,16 @@ def test_commands_say_how_to_start_the_stack(tmp_path: Path, command: list[str])
 
 def test_logs_without_logs_says_what_to_do(tmp_path: Path) -> None:
     result = runner.invoke(app, ["logs", "--data-dir", str(tmp_path)])
-    assert result.exit_code == 1 and "no logs under" in result.output
+    assert result.exit_code == 1
+    assert "no logs under" in result.output
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "registry.log").write_text("one\ntwo\nthree\n")
     shown = runner.invoke(app, ["logs", "registry", "-n", "2", "--data-dir", str(tmp_path)])
-    assert shown.exit_code == 0 and shown.output.split() == ["two", "three"]
+    assert shown.exit_code == 0
+    assert shown.output.split() == ["two", "three"]
     unknown = runner.invoke(app, ["logs", "nope", "--data-dir", str(tmp_path)])
-    assert unknown.exit_code == 1 and "choose one of registry" in unknown.output
+    assert unknown.exit_code == 1
+    assert "choose one of registry" in unknown.output
 
 
 def test_shell_completion_is_offered() -> None:

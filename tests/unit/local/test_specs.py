@@ -47,7 +47,8 @@ def test_cross_field_rule_is_the_crds_message(tmp_path: Path) -> None:
     )
     _, errors = load_file(path)
     assert len(errors) == 1
-    assert errors[0].field == "spec.model" and errors[0].line == 7
+    assert errors[0].field == "spec.model"
+    assert errors[0].line == 7
     assert "set exactly one of version, alias or storageUri" in errors[0].message
 
 
@@ -61,7 +62,8 @@ def test_unknown_field_and_bad_name_and_broken_yaml(tmp_path: Path) -> None:
     broken = tmp_path / "broken.yaml"
     broken.write_text("spec: [unclosed\n")
     (error,) = load_file(broken)[1]
-    assert "not valid YAML" in error.message and error.line is not None
+    assert "not valid YAML" in error.message
+    assert error.line is not None
 
 
 def test_directory_keeps_good_files_beside_bad_ones_and_reports_duplicates(tmp_path: Path) -> None:
