@@ -44,23 +44,9 @@ def _root(
     """
 
 
-@app.command()
-def up() -> None:
-    """Run the whole platform on this machine (registry, router, a served demo model)."""
-    err_console.print(
-        "[bold yellow]`modelplane up` (the one-command local stack) is not built yet.[/] "
-        "Its parts run on their own today:\n"
-        "  modelplane registry serve ...   the model registry (REST API, /docs)\n"
-        "  modelplane runtime ...          a V2 (HTTP + gRPC) torch runtime over a model repository\n"
-        "  modelplane router ...           the V2 router (static routes file, or Kubernetes discovery)\n"
-        "  modelplane dev-cluster up       a local Kubernetes control plane with GPU test nodes\n"
-        "  modelplane operator ...         the ModelDeployment operator\n"
-        "Run `make test` for the test suite, and `modelplane COMMAND --help` for each part."
-    )
-    raise typer.Exit(code=2)
-
-
 from modelplane.cli import crds, operator_command, router  # noqa: E402  (subcommands attach to `app`)
+from modelplane.cli import local as local_command  # noqa: E402
+from modelplane.cli import up as up_command  # noqa: E402
 
 app.add_typer(crds.app, name="crds")
 app.command(name="router")(router.router)
@@ -68,6 +54,12 @@ app.command(name="operator")(operator_command.operator)
 app.add_typer(dev_cluster.app, name="dev-cluster")
 app.command()(runtime_command.runtime)
 app.command(name="prepare-model")(runtime_command.prepare_model)
+app.command(name="up")(up_command.up)
+app.command(name="deploy")(local_command.deploy)
+app.command(name="get")(local_command.get)
+app.command(name="describe")(local_command.describe)
+app.command(name="infer")(local_command.infer)
+app.command(name="logs")(local_command.logs)
 
 
 def main() -> None:

@@ -1,0 +1,128 @@
+"""Local discovery: the router embedded in ``modelplane up``, its routes pushed by the local supervisor.
+
+On Kubernetes the router learns endpoints from EndpointSlices; on one machine the supervisor that
+starts the runtime processes already knows them, so it hands complete route tables to
+:meth:`LocalRouter.set_routes` and is called back (``activate``) when a request finds a model
+scaled to zero. The router runs on the caller's event loop, so the caller owns signals and shutdown
+order (stop taking requests, drain, then stop the runtimes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Awaitable, Callable, Generator
+
+import grpc
+import uvicorn
+from prometheus_client import generate_latest
+
+from modelplane.operator.autoscaler.metrics import ModelLoad, parse_router_metrics
+from modelplane.serving.router.activation import ActivationQueue
+from modelplane.serving.router.dispatch import Dispatcher, DispatchSettings
+from modelplane.serving.router.grpc_proxy import GrpcFrontEnd
+from modelplane.serving.router.metrics import RouterMetrics
+from modelplane.serving.router.proxy import HttpFrontEnd, HttpSettings
+from modelplane.serving.router.routes import ModelRoute, RouteTable
+from modelplane.serving.router.server import apply_routes
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the embedding program decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+    def install_signal_handlers(self) -> None:
+        return None
+
+
+class LocalRouter:
+    """The V2 router (HTTP and gRPC) with a route table set by code."""
+
+    def __init__(
+        self,
+        http_socket: socket.socket,
+        grpc_address: str,
+        activate: Callable[[str], Awaitable[None]],
+        *,
+        queue_size: int = 100,
+        queue_timeout_s: float = 60.0,
+        request_timeout_s: float = 120.0,
+        max_body_bytes: int = 64 * 1024 * 1024,
+        drain_timeout_s: float = 10.0,
+    ) -> None:
+        self.table = RouteTable()
+        self.metrics = RouterMetrics()
+        self.activation = ActivationQueue(activate, queue_size, queue_timeout_s)
+        self.dispatcher = Dispatcher(self.table, self.activation, self.metrics, DispatchSettings())
+        self._apply = apply_routes(self.table, self.activation)
+        self._http_socket = http_socket
+        self._grpc_address = grpc_address
+        self._max_body_bytes = max_body_bytes
+        self._drain_timeout_s = drain_timeout_s
+        self.http = HttpFrontEnd(
+            self.dispatcher, HttpSettings(max_body_bytes=max_body_bytes, request_timeout_s=request_timeout_s)
+        )
+        self.grpc_front = GrpcFrontEnd(self.dispatcher, max_body_bytes, request_timeout_s)
+        self._grpc_server: grpc.aio.Server | None = None
+        self._server: _EmbeddedServer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def set_routes(self, routes: dict[str, ModelRoute]) -> None:
+        """Replace the whole table; waiting requests for models that became ready are released."""
+        self._apply(routes)
+
+    def loads(self) -> dict[str, ModelLoad]:
+        """In-flight and queued requests per model, read the way the operator's autoscaler reads them."""
+        return parse_router_metrics([generate_latest(self.metrics.registry).decode()])
+
+    async def start(self) -> None:
+        """Listen on both ports; raises OSError when the gRPC address cannot be bound."""
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", self._max_body_bytes),
+                ("grpc.max_send_message_length", self._max_body_bytes),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        server.add_generic_rpc_handlers((self.grpc_front.handler(),))
+        try:
+            port = server.add_insecure_port(self._grpc_address)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {self._grpc_address}: {exc}") from exc
+        if port == 0:
+            raise OSError(f"cannot listen on {self._grpc_address}")
+        await server.start()
+        self._grpc_server = server
+        config = uvicorn.Config(
+            self.http,
+            loop="none",
+            http="httptools",
+            lifespan="on",
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=int(self._drain_timeout_s),
+            timeout_keep_alive=30,
+        )
+        self._server = _EmbeddedServer(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._http_socket]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+                raise OSError("the router's HTTP server stopped during start-up")
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        """Refuse new requests, let in-flight ones finish (up to the drain timeout), close."""
+        self.http.draining = self.grpc_front.draining = True
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await self._task
+        if self._grpc_server is not None:
+            await self._grpc_server.stop(grace=self._drain_timeout_s)
+        await self.grpc_front.close()
