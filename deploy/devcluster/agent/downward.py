@@ -228,6 +228,10 @@ def remap_mount_paths(value: str, mounts: Mapping[str, str]) -> str:
     container's arguments and env values that name such paths lets the same pod spec run
     unchanged on a kubelet and on this agent. The longest matching mount wins.
     """
+    url = _FILE_URL.match(value)
+    if url is not None:
+        # ``sqlite:////data/db.sqlite``, ``file:///data/x``: the path part of a URL to a local file.
+        return url.group(1) + remap_mount_paths(url.group(2), mounts)
     for mount_path in sorted(mounts, key=len, reverse=True):
         root = mount_path.rstrip("/") or "/"
         if value == root:
@@ -235,3 +239,7 @@ def remap_mount_paths(value: str, mounts: Mapping[str, str]) -> str:
         if root != "/" and value.startswith(root + "/"):
             return mounts[mount_path] + value[len(root) :]
     return value
+
+
+_FILE_URL = re.compile(r"^([a-z][a-z0-9+.-]*:///?)(/[^/].*)$")
+"""A URL whose host part is empty, so what follows ``scheme://`` is an absolute local path."""
