@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,6 +178,35 @@ def render_table(chart: Path = CHART) -> str:
 def readme_with_table(readme: str, table: str) -> str:
     start, end = readme.index(TABLE_START), readme.index(TABLE_END)
     return readme[: start + len(TABLE_START)] + "\n" + table + readme[end:]
+
+
+def helm_binary() -> str:
+    """The cached Helm the dev cluster builds (``make cluster-bins``), else one on PATH."""
+    from modelplane.devcluster import build
+
+    cached = build.binary_path(build.helm_component(), "helm")
+    binary = str(cached) if cached.is_file() else shutil.which("helm")
+    if binary is None:
+        raise AssertionError("no helm: run `make cluster-bins` (builds one) or put helm on PATH")
+    return binary
+
+
+def helm(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run Helm without a cluster (lint, template); the caller checks the result."""
+    return subprocess.run(
+        [helm_binary(), *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def template(*sets: str, release: str = "mp", namespace: str = "modelplane-system") -> list[dict[str, Any]]:
+    """The chart rendered with ``--set`` values, as a list of manifests (raises with Helm's error)."""
+    args = ["template", release, str(CHART), "--namespace", namespace]
+    for item in sets:
+        args += ["--set", item]
+    result = helm(*args)
+    if result.returncode != 0:
+        raise AssertionError(f"helm template failed:\n{result.stderr}")
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 def main() -> None:
