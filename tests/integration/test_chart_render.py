@@ -37,7 +37,9 @@ def pod_specs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def containers(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [c for spec in pod_specs(docs).values() for c in [*spec.get("initContainers", []), *spec["containers"]]]
+    return [
+        c for spec in pod_specs(docs).values() for c in [*spec.get("initContainers", []), *spec["containers"]]
+    ]
 
 
 @pytest.mark.parametrize("sets", [(), EVERYTHING], ids=["defaults", "everything"])
@@ -47,7 +49,8 @@ def test_helm_lint_strict_is_clean(sets: tuple[str, ...]) -> None:
         args += ["--set", item]
     result = chart.helm(*args)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout
+    assert "[WARNING]" not in result.stdout
+    assert "[ERROR]" not in result.stdout
 
 
 def test_renders_every_component(manifests: list[dict[str, Any]]) -> None:
@@ -71,8 +74,14 @@ def test_renders_every_component(manifests: list[dict[str, Any]]) -> None:
             "ServiceMonitor",
         }
     )
-    deployments = {d["metadata"]["name"]: d["spec"]["replicas"] for d in manifests if d["kind"] == "Deployment"}
-    assert deployments == {"mp-modelplane-operator": 2, "mp-modelplane-registry": 1, "mp-modelplane-router": 2}
+    deployments = {
+        d["metadata"]["name"]: d["spec"]["replicas"] for d in manifests if d["kind"] == "Deployment"
+    }
+    assert deployments == {
+        "mp-modelplane-operator": 2,
+        "mp-modelplane-registry": 1,
+        "mp-modelplane-router": 2,
+    }
     pdbs = {d["metadata"]["name"] for d in manifests if d["kind"] == "PodDisruptionBudget"}
     assert pdbs == {"mp-modelplane-operator", "mp-modelplane-router"}
     dashboard = next(d for d in manifests if d["kind"] == "ConfigMap")
@@ -84,7 +93,7 @@ def test_every_pod_meets_the_restricted_pod_security_standard(manifests: list[di
         pod = spec["securityContext"]
         assert pod["runAsNonRoot"] is True, name
         assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, name
-        assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC"), name
+        assert not any(spec.get(key) for key in ("hostNetwork", "hostPID", "hostIPC")), name
         volumes = {v["name"]: v for v in spec["volumes"]}
         assert "emptyDir" in volumes["tmp"], name
         assert not any("hostPath" in v for v in volumes.values()), name
@@ -95,8 +104,10 @@ def test_every_pod_meets_the_restricted_pod_security_standard(manifests: list[di
             assert sc["readOnlyRootFilesystem"] is True, name
             assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, name
             assert {m["mountPath"]: m["name"] for m in c["volumeMounts"]}["/tmp"] == "tmp", name
-            assert c["resources"]["requests"] and c["resources"]["limits"]["memory"], name
-            assert c["readinessProbe"] and c["livenessProbe"], name
+            assert c["resources"]["requests"], name
+            assert c["resources"]["limits"]["memory"], name
+            assert c["readinessProbe"], name
+            assert c["livenessProbe"], name
 
 
 def test_rbac_is_least_privilege(manifests: list[dict[str, Any]]) -> None:
@@ -105,10 +116,13 @@ def test_rbac_is_least_privilege(manifests: list[dict[str, Any]]) -> None:
     for role in roles:
         for rule in role["rules"]:
             where = f"{role['metadata']['name']}: {rule}"
-            assert "*" not in rule["apiGroups"] and "*" not in rule["resources"], where
+            assert "*" not in rule["apiGroups"], where
+            assert "*" not in rule["resources"], where
             assert not FORBIDDEN_VERBS & set(rule["verbs"]), where
             assert "secrets" not in rule["resources"], where
-            assert not any(r.endswith(("/exec", "/attach", "/portforward", "/proxy")) for r in rule["resources"]), where
+            assert not any(
+                r.endswith(("/exec", "/attach", "/portforward", "/proxy")) for r in rule["resources"]
+            ), where
             assert "nonResourceURLs" not in rule, where
     bindings = [d for d in manifests if d["kind"] in ("ClusterRoleBinding", "RoleBinding")]
     for binding in bindings:
@@ -117,7 +131,11 @@ def test_rbac_is_least_privilege(manifests: list[dict[str, Any]]) -> None:
     accounts = {d["metadata"]["name"]: d for d in manifests if d["kind"] == "ServiceAccount"}
     assert all(a["automountServiceAccountToken"] is False for a in accounts.values())
     mounts = {name: spec["automountServiceAccountToken"] for name, spec in pod_specs(manifests).items()}
-    assert mounts == {"mp-modelplane-operator": True, "mp-modelplane-registry": False, "mp-modelplane-router": True}
+    assert mounts == {
+        "mp-modelplane-operator": True,
+        "mp-modelplane-registry": False,
+        "mp-modelplane-router": True,
+    }
 
 
 def test_images_are_tagged_with_the_app_version(manifests: list[dict[str, Any]]) -> None:
@@ -149,7 +167,9 @@ def _subcommand(argv: list[str]) -> tuple[list[str], Any]:
     ids=["sqlite", "postgresql"],
 )
 def test_every_command_the_chart_runs_exists_in_the_cli(sets: tuple[str, ...]) -> None:
-    docs = chart.template(*EVERYTHING, "registry.maxArtifactBytes=1000", "registry.auth.anonymousRead=true", *sets)
+    docs = chart.template(
+        *EVERYTHING, "registry.maxArtifactBytes=1000", "registry.auth.anonymousRead=true", *sets
+    )
     modelplane = str(Path(sys.executable).parent / "modelplane")
     seen = set()
     for c in containers(docs):
@@ -197,19 +217,27 @@ def test_postgresql_takes_the_dsn_from_the_secret_and_keeps_artifacts_on_the_cla
     registry = next(c for c in containers(docs) if c["name"] == "registry")
     assert not any(a.startswith("--database-url") for a in registry["args"])
     env = {e["name"]: e for e in registry["env"]}
-    assert env["MODELPLANE_REGISTRY_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "db", "key": "url"}
+    assert env["MODELPLANE_REGISTRY_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "db",
+        "key": "url",
+    }
     deployment = next(d for d in docs if d["kind"] == "Deployment" and "registry" in d["metadata"]["name"])
     assert "strategy" not in deployment["spec"]
     missing = chart.helm("template", "mp", str(chart.CHART), "--set", "registry.database.type=postgresql")
-    assert missing.returncode != 0 and "registry.database.existingSecret" in missing.stderr
+    assert missing.returncode != 0
+    assert "registry.database.existingSecret" in missing.stderr
 
 
-def test_sqlite_default_keeps_the_database_and_artifacts_on_the_claim(manifests: list[dict[str, Any]]) -> None:
+def test_sqlite_default_keeps_the_database_and_artifacts_on_the_claim(
+    manifests: list[dict[str, Any]],
+) -> None:
     registry = next(c for c in containers(manifests) if c["name"] == "registry")
     assert "--database-url=sqlite:////var/lib/modelplane/registry.db" in registry["args"]
     assert "--artifact-root=/var/lib/modelplane/artifacts" in registry["args"]
     spec = pod_specs(manifests)["mp-modelplane-registry"]
     data = next(v for v in spec["volumes"] if v["name"] == "data")
     assert data["persistentVolumeClaim"]["claimName"] == "mp-modelplane-registry"
-    deployment = next(d for d in manifests if d["kind"] == "Deployment" and "registry" in d["metadata"]["name"])
+    deployment = next(
+        d for d in manifests if d["kind"] == "Deployment" and "registry" in d["metadata"]["name"]
+    )
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}

@@ -23,7 +23,9 @@ def test_chart_ships_exactly_the_generated_crds() -> None:
     shipped = {p.name: p.read_text() for p in (chart.CHART / "crds").glob("*.yaml")}
     assert generated, "crds/ is empty"
     for name, text in generated.items():
-        assert shipped.get(name) == text, f"charts/modelplane/crds/{name} differs: run `modelplane crds generate`"
+        assert shipped.get(name) == text, (
+            f"charts/modelplane/crds/{name} differs: run `modelplane crds generate`"
+        )
     assert set(shipped) - set(generated) == {"kopf.dev_clusterkopfpeerings.yaml"}
 
 

@@ -26,7 +26,12 @@ def test_token_request_is_bound_to_the_pod_with_the_sources_lifetime() -> None:
     assert source is not None
     request = serviceaccount.token_request(POD, source)
     assert request["spec"]["expirationSeconds"] == 3607
-    assert request["spec"]["boundObjectRef"] == {"apiVersion": "v1", "kind": "Pod", "name": "op-1", "uid": "u-1"}
+    assert request["spec"]["boundObjectRef"] == {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "name": "op-1",
+        "uid": "u-1",
+    }
     assert "audiences" not in request["spec"]
     with_audience = serviceaccount.token_request(POD, {"audience": "vault"})
     assert with_audience["spec"]["audiences"] == ["vault"]

@@ -51,7 +51,9 @@ def kubeconfig(server: str, ca_file: Path, token_file: Path, namespace: str) -> 
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "in-cluster", "cluster": {"server": server, "certificate-authority": str(ca_file)}}],
+        "clusters": [
+            {"name": "in-cluster", "cluster": {"server": server, "certificate-authority": str(ca_file)}}
+        ],
         "users": [{"name": "service-account", "user": {"tokenFile": str(token_file)}}],
         "contexts": [
             {
@@ -74,8 +76,13 @@ async def fill(api: AsyncApi, pod: dict[str, Any], volume: dict[str, Any], path:
     answer = await api.post(
         f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token", token_request(pod, source)
     )
-    token_file = path / (source.get("path") or "token")
-    token_file.write_text(answer["status"]["token"])
+    return write_credentials(path, source.get("path") or "token", answer["status"]["token"], api, namespace)
+
+
+def write_credentials(path: Path, token_name: str, token: str, api: AsyncApi, namespace: str) -> Path:
+    """The volume's files (token, ca.crt, namespace) and the pod's kubeconfig beside its volumes."""
+    token_file = path / token_name
+    token_file.write_text(token)
     ca_file = path / "ca.crt"
     ca_file.write_bytes(Path(api.creds.ca_file).read_bytes())
     (path / "namespace").write_text(namespace)

@@ -32,7 +32,7 @@ def generate(
         bool, typer.Option("--check", help="Write nothing; exit 1 and show a diff if the files are stale.")
     ] = False,
 ) -> None:
-    """Write the ModelDeployment CRD (into crds/ and the chart) and its reference page, from the pydantic types."""
+    """Write the ModelDeployment CRD (into crds/ and the chart) and its reference page, from the API types."""
     from modelplane.operator.api.crd import render
     from modelplane.operator.api.reference import render_reference
 

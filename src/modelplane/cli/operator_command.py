@@ -43,7 +43,9 @@ def operator(
     ] = False,
     host: Annotated[
         str,
-        typer.Option("--host", help="Address the liveness and metrics endpoints listen on (e.g. the pod IP)."),
+        typer.Option(
+            "--host", help="Address the liveness and metrics endpoints listen on (e.g. the pod IP)."
+        ),
     ] = "0.0.0.0",  # noqa: S104 (probes and scrapes come from outside the pod)
     health_port: Annotated[
         int, typer.Option("--health-port", help="Liveness endpoint port (/healthz).")

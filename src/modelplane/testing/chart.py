@@ -122,9 +122,9 @@ def _type_of(path: str, default: Any) -> dict[str, Any]:
         schema = {"type": "string"}
     elif isinstance(default, list):
         schema = {"type": "array"}
-        if path.endswith(("watchNamespaces", "routerMetricsUrls", "accessModes", "hostnames")):
-            schema["items"] = {"type": "string"}
-        elif path.endswith(("extraArgs",)):
+        if path.endswith(
+            ("watchNamespaces", "routerMetricsUrls", "accessModes", "hostnames")
+        ) or path.endswith(("extraArgs",)):
             schema["items"] = {"type": "string"}
         else:
             schema["items"] = {"type": "object"}
