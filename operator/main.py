@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import threading
 from dataclasses import dataclass, field
 
@@ -47,6 +48,9 @@ def _configure_kopf(settings: kopf.OperatorSettings, peering: str | None) -> Non
         settings.peering.name = peering
         settings.peering.mandatory = True
         settings.peering.clusterwide = True
+        # kopf pauses *every* peer when two share a priority; a random one per process lets exactly one
+        # replica work while the others stand by (and take over when its lease lapses).
+        settings.peering.priority = secrets.randbelow(2**31 - 1) + 1
 
 
 async def run(options: RunOptions, resolver: Resolver, stop: threading.Event | None = None) -> None:

@@ -191,6 +191,15 @@ def test_install_brings_up_operator_registry_and_router_under_restricted_pod_sec
     )
     assert refused.returncode != 0
     assert 'violates PodSecurity "restricted' in refused.stderr
+
+    # The two operator replicas peer with distinct priorities: one works, the other stands by.
+    def peers() -> list[int] | None:
+        status = cluster.get_json("clusterkopfpeering", "modelplane").get("status") or {}
+        priorities = sorted(int(peer["priority"]) for peer in status.values())
+        return priorities if len(priorities) == 2 else None
+
+    priorities = wait_for("two operator peers", peers, timeout=60)
+    assert priorities[0] != priorities[1]
     release.state["uids"] = {
         c: sorted(p["metadata"]["uid"] for p in pods(cluster, release, c)) for c in COMPONENTS
     }
@@ -235,6 +244,11 @@ def test_register_deploy_and_infer_through_the_router(
         modules = register_mlp(client, tmp_path, "iris", seeds=[7])
         client.set_alias("iris", "production", 1)
         read_token = client.create_token("serving-pods", scopes=["read"]).token
+    if cluster.state_dir is not None:  # the database and artifacts live on the registry's volume
+        volumes = list((cluster.state_dir / "pods").glob(f"{release.namespace}_*registry*/volumes/data"))
+        assert len(volumes) == 1
+        assert (volumes[0] / "registry.db").is_file()
+        assert any((volumes[0] / "artifacts").rglob("*"))
     cluster.kubectl(
         "create",
         "secret",

@@ -1,4 +1,4 @@
-"""The node agent hands pods their ServiceAccount credentials and maps file URLs onto volumes."""
+"""The node agent hands pods their ServiceAccount credentials and maps option and URL paths to volumes."""
 
 from __future__ import annotations
 
@@ -64,3 +64,17 @@ def test_file_urls_reach_the_volume_directory() -> None:
     assert remap_mount_paths("http://var/lib/modelplane", mounts) == "http://var/lib/modelplane"
     assert remap_mount_paths("sqlite:////other/registry.db", mounts) == "sqlite:////other/registry.db"
     assert remap_mount_paths("postgresql://u@h/db", mounts) == "postgresql://u@h/db"
+
+
+def test_option_values_in_one_word_reach_the_volume_directory() -> None:
+    mounts = {"/var/lib/modelplane": "/state/pod/volumes/data"}
+    assert (
+        remap_mount_paths("--artifact-root=/var/lib/modelplane/artifacts", mounts)
+        == "--artifact-root=/state/pod/volumes/data/artifacts"
+    )
+    assert (
+        remap_mount_paths("--database-url=sqlite:////var/lib/modelplane/registry.db", mounts)
+        == "--database-url=sqlite:////state/pod/volumes/data/registry.db"
+    )
+    assert remap_mount_paths("--host=$(POD_IP)", mounts) == "--host=$(POD_IP)"
+    assert remap_mount_paths("--root=/elsewhere", mounts) == "--root=/elsewhere"
