@@ -274,7 +274,7 @@ def test_register_deploy_and_infer_through_the_router(
     inputs = [httpclient.InferInput("INPUT__0", list(batch.shape), "FP32")]
     inputs[0].set_data_from_numpy(batch)
 
-    def infer() -> np.ndarray | None:
+    def infer() -> tuple[np.ndarray] | None:  # a tuple: wait_for tests truthiness, an array cannot
         try:
             result = client.infer(
                 "iris",
@@ -285,9 +285,9 @@ def test_register_deploy_and_infer_through_the_router(
         except Exception:  # the router may not have seen the endpoints yet
             return None
         output: np.ndarray = result.as_numpy("OUTPUT__0")
-        return output
+        return (output,)
 
-    output = wait_for("an answer through the router", infer, timeout=60, interval=1)
+    (output,) = wait_for("an answer through the router", infer, timeout=60, interval=1)
     with torch.no_grad():
         expected = modules[1](torch.from_numpy(batch)).numpy()
     np.testing.assert_allclose(output, expected, rtol=1e-5, atol=1e-5)
