@@ -192,6 +192,27 @@ def test_install_brings_up_operator_registry_and_router_under_restricted_pod_sec
     assert refused.returncode != 0
     assert 'violates PodSecurity "restricted' in refused.stderr
 
+    # The components act as their ServiceAccounts, with exactly the access they need.
+    def can(component: str, verb: str, resource: str) -> bool:
+        account = f"system:serviceaccount:{release.namespace}:{release.resource(component)}"
+        resource, _, sub = resource.partition("/")
+        extra = [f"--subresource={sub}"] if sub else []
+        result = cluster.kubectl(
+            "auth", "can-i", verb, resource, *extra, "-A", f"--as={account}", check=False
+        )
+        return result.stdout.strip() == "yes"
+
+    assert can("operator", "watch", "modeldeployments.modelplane.io")
+    assert can("operator", "create", "deployments.apps")
+    assert can("router", "patch", "modeldeployments.modelplane.io/scale")
+    assert can("router", "watch", "endpointslices.discovery.k8s.io")
+    for component in COMPONENTS:
+        assert not can(component, "list", "secrets")
+        assert not can(component, "create", "pods")
+        assert not can(component, "impersonate", "serviceaccounts")
+    assert not can("registry", "list", "pods")
+    assert not can("router", "create", "deployments.apps")
+
     # The two operator replicas peer with distinct priorities: one works, the other stands by.
     def peers() -> list[int] | None:
         status = cluster.get_json("clusterkopfpeering", "modelplane").get("status") or {}

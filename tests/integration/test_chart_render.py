@@ -178,15 +178,16 @@ def test_every_command_the_chart_runs_exists_in_the_cli(sets: tuple[str, ...]) -
         known = {opt for p in command.params for opt in [*p.opts, *p.secondary_opts]}
         for arg in c["args"][len(words) :]:
             assert arg.split("=", 1)[0] in known, f"`modelplane {' '.join(words)}` has no option {arg}"
-        result = subprocess.run(
-            [modelplane, *words, "--help"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            env={**os.environ, "COLUMNS": "200"},
-        )
-        assert result.returncode == 0, result.stderr
+        if " ".join(words) not in seen:
+            result = subprocess.run(
+                [modelplane, *words, "--help"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+                env={**os.environ, "COLUMNS": "200"},
+            )
+            assert result.returncode == 0, result.stderr
         seen.add(" ".join(words))
     assert seen == {"operator", "registry serve", "router"}
 
