@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import threading
 from dataclasses import dataclass, field
 
@@ -26,7 +27,7 @@ class RunOptions:
 
     namespaces: tuple[str, ...] = ()  # empty: cluster-wide
     peering: str | None = "modelplane"  # None: standalone (one replica only)
-    health_host: str = "0.0.0.0"  # noqa: S104 (probes come from the kubelet)
+    health_host: str = "0.0.0.0"  # noqa: S104 (probes come from the kubelet); also the metrics address
     health_port: int = 8080
     metrics_port: int | None = 9090
     router_metrics_urls: tuple[str, ...] = ()  # the routers' /metrics: the autoscaler's signal
@@ -47,12 +48,15 @@ def _configure_kopf(settings: kopf.OperatorSettings, peering: str | None) -> Non
         settings.peering.name = peering
         settings.peering.mandatory = True
         settings.peering.clusterwide = True
+        # kopf pauses *every* peer when two share a priority; a random one per process lets exactly one
+        # replica work while the others stand by (and take over when its lease lapses).
+        settings.peering.priority = secrets.randbelow(2**31 - 1) + 1
 
 
 async def run(options: RunOptions, resolver: Resolver, stop: threading.Event | None = None) -> None:
     """Run until ``stop`` is set (or forever); raises if the cluster cannot be reached."""
     if options.metrics_port is not None:
-        start_http_server(options.metrics_port)
+        start_http_server(options.metrics_port, addr=options.health_host)
     kube = KubeApi(load_connection(), field_manager=FIELD_MANAGER)
     registry = kopf.OperatorRegistry()
     loads = LoadCache(list(options.router_metrics_urls)) if options.router_metrics_urls else None

@@ -228,6 +228,14 @@ def remap_mount_paths(value: str, mounts: Mapping[str, str]) -> str:
     container's arguments and env values that name such paths lets the same pod spec run
     unchanged on a kubelet and on this agent. The longest matching mount wins.
     """
+    option = _OPTION.match(value)
+    if option is not None:
+        # ``--artifact-root=/data/artifacts``: the value of a long option given in one word.
+        return option.group(1) + remap_mount_paths(option.group(2), mounts)
+    url = _FILE_URL.match(value)
+    if url is not None:
+        # ``sqlite:////data/db.sqlite``, ``file:///data/x``: the path part of a URL to a local file.
+        return url.group(1) + remap_mount_paths(url.group(2), mounts)
     for mount_path in sorted(mounts, key=len, reverse=True):
         root = mount_path.rstrip("/") or "/"
         if value == root:
@@ -235,3 +243,10 @@ def remap_mount_paths(value: str, mounts: Mapping[str, str]) -> str:
         if root != "/" and value.startswith(root + "/"):
             return mounts[mount_path] + value[len(root) :]
     return value
+
+
+_OPTION = re.compile(r"^(--[A-Za-z0-9][A-Za-z0-9-]*=)(.+)$")
+"""A command-line option and its value in one word."""
+
+_FILE_URL = re.compile(r"^([a-z][a-z0-9+.-]*:///?)(/[^/].*)$")
+"""A URL whose host part is empty, so what follows ``scheme://`` is an absolute local path."""

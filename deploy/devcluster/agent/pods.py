@@ -17,6 +17,8 @@ Kubernetes defines it):
   values that name a ``mountPath`` (or a path under it) are rewritten to the volume's directory, so
   ``--model-repository /models`` reaches the volume without the program knowing. ``emptyDir``
   starts empty; ``configMap`` and ``secret`` volumes hold one file per key;
+- its ServiceAccount's credentials: the projected token volume is filled through the TokenRequest
+  API, and ``$KUBECONFIG`` names a kubeconfig with that token (see ``serviceaccount``);
 - ``NVIDIA_VISIBLE_DEVICES`` with the GPU indices assigned to it (containers asking for
   ``nvidia.com/gpu``), as the NVIDIA device plugin would assign them;
 - stdout and stderr appended to ``<state>/pods/<namespace>_<name>_<uid8>/logs/<container>.log``
@@ -42,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelplane.devcluster.agent import backoff, downward, gpus, probes, records
+from modelplane.devcluster.agent import backoff, downward, gpus, probes, records, serviceaccount
 from modelplane.devcluster.kube import ApiError
 
 if TYPE_CHECKING:
@@ -136,6 +138,7 @@ class PodWorker:
         self.config_error = ""
         self.policy: str = spec.get("restartPolicy") or "Always"
         self.task: asyncio.Task[None] | None = None
+        self.kubeconfig: Path | None = None
 
     # ---- inputs from the agent -------------------------------------------------------------
     def update(self, pod: dict[str, Any]) -> None:
@@ -178,6 +181,9 @@ class PodWorker:
             await self._fill_volume(volume, path)
 
     async def _fill_volume(self, volume: dict[str, Any], path: Path) -> None:
+        config = await serviceaccount.fill(self.agent.api, self.pod, volume, path)
+        if config is not None:
+            self.kubeconfig = config
         for kind, plural in (("configMap", "configmaps"), ("secret", "secrets")):
             if kind not in volume:
                 continue
@@ -235,6 +241,8 @@ class PodWorker:
         )
         for volume in self.pod["spec"].get("volumes") or []:
             env[env_name(volume["name"])] = str(self.directory / "volumes" / volume["name"])
+        if self.kubeconfig is not None:
+            env["KUBECONFIG"] = str(self.kubeconfig)
         indices = self.gpu_indices.get(c.name)
         if indices:
             env["NVIDIA_VISIBLE_DEVICES"] = gpus.visible_devices(indices)

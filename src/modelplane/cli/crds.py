@@ -18,6 +18,10 @@ def generate(
     output_dir: Annotated[
         Path, typer.Option("--output-dir", "-o", help="Folder to write the CRD files into.")
     ] = Path("crds"),
+    chart_dir: Annotated[
+        Path,
+        typer.Option("--chart-dir", help="The Helm chart's crds/ folder, which ships the same files."),
+    ] = Path("charts/modelplane/crds"),
     reference: Annotated[
         Path,
         typer.Option(
@@ -28,11 +32,12 @@ def generate(
         bool, typer.Option("--check", help="Write nothing; exit 1 and show a diff if the files are stale.")
     ] = False,
 ) -> None:
-    """Write the ModelDeployment CRD and its reference page, generated from the pydantic types."""
+    """Write the ModelDeployment CRD (into crds/ and the chart) and its reference page, from the API types."""
     from modelplane.operator.api.crd import render
     from modelplane.operator.api.reference import render_reference
 
-    outputs = {output_dir / name: text for name, text in render().items()}
+    rendered = render()
+    outputs = {folder / name: text for folder in (output_dir, chart_dir) for name, text in rendered.items()}
     outputs[reference] = render_reference()
     stale = False
     for path, text in outputs.items():

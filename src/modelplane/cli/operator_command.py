@@ -41,6 +41,12 @@ def operator(
     standalone: Annotated[
         bool, typer.Option("--standalone", help="No peering: only for a single replica (development).")
     ] = False,
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host", help="Address the liveness and metrics endpoints listen on (e.g. the pod IP)."
+        ),
+    ] = "0.0.0.0",  # noqa: S104 (probes and scrapes come from outside the pod)
     health_port: Annotated[
         int, typer.Option("--health-port", help="Liveness endpoint port (/healthz).")
     ] = 8080,
@@ -85,6 +91,7 @@ def operator(
     options = RunOptions(
         namespaces=tuple(namespace or ()),
         peering=None if standalone else "modelplane",
+        health_host=host,
         health_port=health_port,
         metrics_port=metrics_port,
         router_metrics_urls=tuple(router_metrics_url or ()),

@@ -1,0 +1,34 @@
+# syntax=docker/dockerfile:1
+# The control components: operator, registry, router and the CLI, one image, entrypoint `modelplane`.
+# The chart runs e.g. `modelplane operator ...`, `modelplane registry serve ...`, `modelplane router ...`.
+# Build from the repository root:  docker build -f deploy/docker/control.Dockerfile -t modelplane:0.1.0 .
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md LICENSE ./
+COPY src ./src
+COPY operator ./operator
+COPY serving ./serving
+COPY deploy/devcluster ./deploy/devcluster
+# The control plane never runs a model: the CPU-only torch wheel keeps the image small.
+RUN python -m venv /opt/modelplane \
+ && /opt/modelplane/bin/pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0" \
+ && /opt/modelplane/bin/pip install . \
+ && find /opt/modelplane -name '__pycache__' -type d -prune -exec rm -rf {} +
+
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="modelplane" \
+      org.opencontainers.image.description="Modelplane operator, registry, router and CLI" \
+      org.opencontainers.image.source="https://github.com/modelplane/modelplane" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV PATH=/opt/modelplane/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+COPY --from=build /opt/modelplane /opt/modelplane
+# The restricted Pod Security Standard runs it as this numeric non-root user with a read-only root.
+USER 65532:65532
+WORKDIR /tmp
+ENTRYPOINT ["modelplane"]
+CMD ["--help"]

@@ -1,0 +1,71 @@
+"""The chart's metadata, CRDs, values documentation and schema agree with their sources."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from modelplane import __version__
+from modelplane.testing import chart
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_app_version_is_the_package_version() -> None:
+    meta = yaml.safe_load((chart.CHART / "Chart.yaml").read_text())
+    assert meta["appVersion"] == __version__
+
+
+def test_chart_ships_exactly_the_generated_crds() -> None:
+    generated = {p.name: p.read_text() for p in (REPO / "crds").glob("*.yaml")}
+    shipped = {p.name: p.read_text() for p in (chart.CHART / "crds").glob("*.yaml")}
+    assert generated, "crds/ is empty"
+    for name, text in generated.items():
+        assert shipped.get(name) == text, (
+            f"charts/modelplane/crds/{name} differs: run `modelplane crds generate`"
+        )
+    assert set(shipped) - set(generated) == {"kopf.dev_clusterkopfpeerings.yaml"}
+
+
+def test_chart_peering_crd_is_the_operator_one() -> None:
+    docs = yaml.safe_load_all((REPO / "deploy" / "operator" / "peering.yaml").read_text())
+    crd = next(d for d in docs if d["kind"] == "CustomResourceDefinition")
+    shipped = yaml.safe_load((chart.CHART / "crds" / "kopf.dev_clusterkopfpeerings.yaml").read_text())
+    assert shipped == crd
+
+
+def test_every_value_is_documented() -> None:
+    undocumented = [d.path for d in chart.value_docs() if not d.description]
+    assert undocumented == []
+    assert len(chart.value_docs()) > 50
+
+
+def test_schema_and_readme_table_are_generated_from_values() -> None:
+    hint = "run `python -m modelplane.testing.chart`"
+    assert (chart.CHART / "values.schema.json").read_text() == chart.render_schema(), hint
+    readme = (chart.CHART / "README.md").read_text()
+    assert readme == chart.readme_with_table(readme, chart.render_table()), hint
+    for doc in chart.value_docs():
+        assert f"| `{doc.path}` |" in readme
+
+
+def test_schema_closes_the_chart_groups_and_leaves_kubernetes_shapes_open() -> None:
+    schema = json.loads((chart.CHART / "values.schema.json").read_text())
+    assert schema["additionalProperties"] is False
+    operator = schema["properties"]["operator"]
+    assert operator["additionalProperties"] is False
+    assert operator["properties"]["replicas"] == {
+        "type": "integer",
+        "minimum": 1,
+        "description": operator["properties"]["replicas"]["description"],
+    }
+    assert "additionalProperties" not in operator["properties"]["resources"]
+    database = schema["properties"]["registry"]["properties"]["database"]
+    assert database["properties"]["type"]["enum"] == ["sqlite", "postgresql"]
+
+
+def test_descriptions_follow_nesting() -> None:
+    text = "a:\n  # -- first\n  b: 1\n  c:\n    # -- deep\n    d: x\n# -- top\ne: []\n"
+    assert chart.descriptions(text) == {"a.b": "first", "a.c.d": "deep", "e": "top"}
