@@ -127,6 +127,9 @@ class Dispatcher:
                 last_error = f"{endpoint.key}: {exc}"
                 self._record(route, endpoint, False, endpoints)
                 continue
+            except RequestError:  # the call gave up on this endpoint (a timeout): counts as a failure
+                self._record(route, endpoint, False, endpoints)
+                raise
             finally:
                 endpoint.outstanding -= 1
                 self.metrics.in_flight.labels(model=route.name).dec()
