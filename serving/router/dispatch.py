@@ -102,6 +102,7 @@ class Dispatcher:
             if not route.scaled_to_zero:
                 raise RequestError(503, f"model {model!r} has no ready endpoint", self.settings.retry_after_s)
             await self._await_activation(route)
+            route = self.lookup(model, namespace)  # the table was swapped: take the route with endpoints
         chosen = version if version is not None else self._choose_version(route, sticky)
         endpoints = route.endpoints.get(chosen, [])
         if not endpoints:
