@@ -121,7 +121,7 @@ class Dispatcher:
                 self.metrics.retries.labels(model=route.name).inc()
             tried.add(endpoint.key)
             endpoint.outstanding += 1
-            self.metrics.in_flight.labels(model=route.name).inc()
+            self.metrics.model_in_flight(route.name).inc()
             try:
                 result = await call(route, endpoint, chosen)
             except BackendUnavailableError as exc:
@@ -133,7 +133,7 @@ class Dispatcher:
                 raise
             finally:
                 endpoint.outstanding -= 1
-                self.metrics.in_flight.labels(model=route.name).dec()
+                self.metrics.model_in_flight(route.name).dec()
             self._record(route, endpoint, not failed(result), endpoints)
             if unavailable(result) and attempt + 1 < self.settings.max_attempts:
                 last_error = f"{endpoint.key} is unavailable"

@@ -166,17 +166,15 @@ class GrpcFrontEnd:
                     failed=lambda answer: answer.error is not None and answer.error.code() in _FAILED_CODES,
                 )
             except RequestError as exc:
-                self.dispatcher.metrics.requests.labels(model=model, version="", code=str(exc.status)).inc()
+                self.dispatcher.metrics.request_count(model, "", str(exc.status)).inc()
                 await context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.UNKNOWN), exc.message)
             answer = done.result
-            self.dispatcher.metrics.latency.labels(model=model).observe(time.perf_counter() - started)
+            self.dispatcher.metrics.request_latency(model).observe(time.perf_counter() - started)
             if answer.error is not None:
                 code = answer.error.code()
-                self.dispatcher.metrics.requests.labels(
-                    model=model, version=done.version, code=code.name
-                ).inc()
+                self.dispatcher.metrics.request_count(model, done.version, code.name).inc()
                 await context.abort(code, answer.error.details() or "")
-            self.dispatcher.metrics.requests.labels(model=model, version=done.version, code="OK").inc()
+            self.dispatcher.metrics.request_count(model, done.version, "OK").inc()
             assert answer.payload is not None
             return answer.payload
 

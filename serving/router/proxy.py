@@ -124,12 +124,12 @@ class HttpFrontEnd:
             forwarded, route, version = await self._route(target, method, scope, body)
         except RequestError as exc:
             await _error(send, exc.status, exc.message, exc.retry_after)
-            self.metrics.requests.labels(model=target.model, version="", code=str(exc.status)).inc()
+            self.metrics.request_count(target.model, "", str(exc.status)).inc()
             return
         await send({"type": "http.response.start", "status": forwarded.status, "headers": forwarded.headers})
         await send({"type": "http.response.body", "body": forwarded.body})
-        self.metrics.requests.labels(model=target.model, version=version, code=str(forwarded.status)).inc()
-        self.metrics.latency.labels(model=target.model).observe(forwarded.seconds)
+        self.metrics.request_count(target.model, version, str(forwarded.status)).inc()
+        self.metrics.request_latency(target.model).observe(forwarded.seconds)
         if route.shadow is not None and target.rest == "/infer" and forwarded.status == 200:
             self._maybe_shadow(route, target, method, scope, body, forwarded)
 

@@ -117,6 +117,8 @@ async def serve(options: RouterOptions, activate: Callable[[str], Awaitable[None
         access_log=False,
         timeout_graceful_shutdown=int(options.drain_timeout_s),
         timeout_keep_alive=30,
+        proxy_headers=False,  # the router is the edge it reports on; no X-Forwarded-* rewriting
+        server_header=False,
     )
     server = uvicorn.Server(config)
     log.info("router listening on %s:%s (HTTP) and %s (gRPC)", options.host, options.port, options.grpc_port)
