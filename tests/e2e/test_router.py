@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -221,18 +222,26 @@ def test_canary_split_from_the_modeldeployment_spec(
 
     wait_for("the router to route both versions", both_versions, 120)
     stable, canary = expected(modules[1], ROW), expected(modules[2], ROW)
-    counts = {"stable": 0, "canary": 0, "neither": 0}
-    with httpx.Client(base_url=router.url, timeout=30.0) as client:
-        for _ in range(2000):
-            response = client.post("/v2/models/iris/infer", json=infer_body(ROW))
-            assert response.status_code == 200, response.text
-            out = output_of(response)
-            if np.allclose(out, stable, rtol=1e-5, atol=1e-5):
-                counts["stable"] += 1
-            elif np.allclose(out, canary, rtol=1e-5, atol=1e-5):
-                counts["canary"] += 1
-            else:
-                counts["neither"] += 1
+
+    def send(count: int) -> list[str]:
+        seen = []
+        with httpx.Client(base_url=router.url, timeout=30.0) as client:
+            for _ in range(count):
+                response = client.post("/v2/models/iris/infer", json=infer_body(ROW))
+                assert response.status_code == 200, response.text
+                out = output_of(response)
+                if np.allclose(out, stable, rtol=1e-5, atol=1e-5):
+                    seen.append("stable")
+                elif np.allclose(out, canary, rtol=1e-5, atol=1e-5):
+                    seen.append("canary")
+                else:
+                    seen.append("neither")
+        return seen
+
+    with ThreadPoolExecutor(4) as pool:  # 4 clients share the 2,000 requests (bounded wall time)
+        labels = [label for part in pool.map(send, [500] * 4) for label in part]
+    counts = {key: labels.count(key) for key in ("stable", "canary", "neither")}
+    assert len(labels) == 2000
     share = counts["canary"] / 20
     print(f"canary share from the ModelDeployment's 20%: {share:.2f}% of 2000 ({counts})")
     assert counts["neither"] == 0
