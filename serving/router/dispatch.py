@@ -102,7 +102,7 @@ class Dispatcher:
             if not route.scaled_to_zero:
                 raise RequestError(503, f"model {model!r} has no ready endpoint", self.settings.retry_after_s)
             await self._await_activation(route)
-            route = self.lookup(model, namespace)  # discovery swapped in a new route with the endpoints
+            route = self.lookup(model, namespace)  # the table was swapped: take the route with endpoints
         chosen = version if version is not None else self._choose_version(route, sticky)
         endpoints = route.endpoints.get(chosen, [])
         if not endpoints:
@@ -121,16 +121,19 @@ class Dispatcher:
                 self.metrics.retries.labels(model=route.name).inc()
             tried.add(endpoint.key)
             endpoint.outstanding += 1
-            self.metrics.in_flight.labels(model=route.name).inc()
+            self.metrics.model_in_flight(route.name).inc()
             try:
                 result = await call(route, endpoint, chosen)
             except BackendUnavailableError as exc:
                 last_error = f"{endpoint.key}: {exc}"
                 self._record(route, endpoint, False, endpoints)
                 continue
+            except RequestError:  # the call gave up on this endpoint (a timeout): counts as a failure
+                self._record(route, endpoint, False, endpoints)
+                raise
             finally:
                 endpoint.outstanding -= 1
-                self.metrics.in_flight.labels(model=route.name).dec()
+                self.metrics.model_in_flight(route.name).dec()
             self._record(route, endpoint, not failed(result), endpoints)
             if unavailable(result) and attempt + 1 < self.settings.max_attempts:
                 last_error = f"{endpoint.key} is unavailable"

@@ -23,7 +23,8 @@ SERVICE = "inference.GRPCInferenceService"
 NAMESPACE_METADATA = "x-modelplane-namespace"
 STICKY_METADATA = "x-modelplane-session"
 
-# Routed method → request message type (to read model name and version from).
+# Routed method → request message type (to read model name and version from). ModelInferRequest
+# names them ``model_name``/``model_version``; the other requests ``name``/``version``.
 ROUTED: dict[str, Any] = {
     "ModelInfer": service_pb2.ModelInferRequest,
     "ModelMetadata": service_pb2.ModelMetadataRequest,
@@ -31,6 +32,7 @@ ROUTED: dict[str, Any] = {
     "ModelConfig": service_pb2.ModelConfigRequest,
     "ModelStatistics": service_pb2.ModelStatisticsRequest,
 }
+NAME_FIELDS = {"ModelInfer": ("model_name", "model_version")}
 STATUS_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     404: grpc.StatusCode.NOT_FOUND,
@@ -117,6 +119,7 @@ class GrpcFrontEnd:
     def _routed_handler(self, method: str) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
         message_type = ROUTED[method]
         path = f"/{SERVICE}/{method}"
+        name_field, version_field = NAME_FIELDS.get(method, ("name", "version"))
 
         async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             try:
@@ -126,18 +129,20 @@ class GrpcFrontEnd:
             metadata = {
                 key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)
             }
+            model: str = getattr(parsed, name_field)
+            requested_version: str = getattr(parsed, version_field)
             started = time.perf_counter()
 
             async def call(route: ModelRoute, endpoint: Endpoint, version: str) -> _Answer:
                 if endpoint.grpc is None:
                     raise BackendUnavailableError("the endpoint serves no gRPC")
                 forwarded = request
-                backend_model = route.backend_model or parsed.model_name
-                if version != parsed.model_version or backend_model != parsed.model_name:
+                backend_model = route.backend_model or model
+                if version != requested_version or backend_model != model:
                     # Pin the version chosen by the split and the runtime's model name.
                     pinned = message_type.FromString(request)
-                    pinned.model_version = version
-                    pinned.model_name = backend_model
+                    setattr(pinned, version_field, version)
+                    setattr(pinned, name_field, backend_model)
                     forwarded = pinned.SerializeToString()
                 stub = self._channel(endpoint).unary_unary(
                     path, request_serializer=_identity, response_deserializer=_identity
@@ -152,29 +157,24 @@ class GrpcFrontEnd:
 
             try:
                 done = await self.dispatcher.dispatch(
-                    parsed.model_name,
+                    model,
                     metadata.get(NAMESPACE_METADATA),
-                    parsed.model_version or None,
+                    requested_version or None,
                     metadata.get(STICKY_METADATA),
                     call,
                     unavailable=lambda answer: False,
                     failed=lambda answer: answer.error is not None and answer.error.code() in _FAILED_CODES,
                 )
             except RequestError as exc:
-                self.dispatcher.metrics.requests.labels(
-                    model=parsed.model_name, version="", code=str(exc.status)
-                ).inc()
+                self.dispatcher.metrics.request_count(model, "", str(exc.status)).inc()
                 await context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.UNKNOWN), exc.message)
             answer = done.result
-            model = parsed.model_name
-            self.dispatcher.metrics.latency.labels(model=model).observe(time.perf_counter() - started)
+            self.dispatcher.metrics.request_latency(model).observe(time.perf_counter() - started)
             if answer.error is not None:
                 code = answer.error.code()
-                self.dispatcher.metrics.requests.labels(
-                    model=model, version=done.version, code=code.name
-                ).inc()
+                self.dispatcher.metrics.request_count(model, done.version, code.name).inc()
                 await context.abort(code, answer.error.details() or "")
-            self.dispatcher.metrics.requests.labels(model=model, version=done.version, code="OK").inc()
+            self.dispatcher.metrics.request_count(model, done.version, "OK").inc()
             assert answer.payload is not None
             return answer.payload
 

@@ -124,12 +124,12 @@ class HttpFrontEnd:
             forwarded, route, version = await self._route(target, method, scope, body)
         except RequestError as exc:
             await _error(send, exc.status, exc.message, exc.retry_after)
-            self.metrics.requests.labels(model=target.model, version="", code=str(exc.status)).inc()
+            self.metrics.request_count(target.model, "", str(exc.status)).inc()
             return
         await send({"type": "http.response.start", "status": forwarded.status, "headers": forwarded.headers})
         await send({"type": "http.response.body", "body": forwarded.body})
-        self.metrics.requests.labels(model=target.model, version=version, code=str(forwarded.status)).inc()
-        self.metrics.latency.labels(model=target.model).observe(forwarded.seconds)
+        self.metrics.request_count(target.model, version, str(forwarded.status)).inc()
+        self.metrics.request_latency(target.model).observe(forwarded.seconds)
         if route.shadow is not None and target.rest == "/infer" and forwarded.status == 200:
             self._maybe_shadow(route, target, method, scope, body, forwarded)
 
@@ -190,8 +190,14 @@ class HttpFrontEnd:
             try:
                 path = target.backend_path(version, route.backend_model)
                 return await self._forward(endpoint, path, method, scope, body)
-            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            except aiohttp.ClientConnectionError as exc:  # refused, reset, connect timeout: try another
                 raise BackendUnavailableError(f"{exc.__class__.__name__}: {exc}") from exc
+            except TimeoutError:  # the backend took the request but is slow: retrying would pile on
+                raise RequestError(
+                    504,
+                    f"model {target.model!r}: {endpoint.key} did not answer within "
+                    f"{self.settings.request_timeout_s:g}s",
+                ) from None
 
         done = await self.dispatcher.dispatch(
             target.model,
@@ -284,6 +290,9 @@ class HttpFrontEnd:
                     "name": route.name,
                     "key": key,
                     "versions": [b.version for b in route.backends],
+                    "endpoints": {
+                        version: [e.key for e in endpoints] for version, endpoints in route.endpoints.items()
+                    },
                     "state": "READY"
                     if route.ready()
                     else ("SCALED_TO_ZERO" if route.scaled_to_zero else "UNAVAILABLE"),

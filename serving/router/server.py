@@ -34,6 +34,7 @@ class RouterOptions:
     default_namespace: str = "default"
     max_body_bytes: int = 64 * 1024 * 1024
     request_timeout_s: float = 120.0
+    body_timeout_s: float = 30.0
     queue_size: int = 100
     queue_timeout_s: float = 60.0
     drain_timeout_s: float = 30.0
@@ -87,7 +88,11 @@ async def serve(options: RouterOptions, activate: Callable[[str], Awaitable[None
 
     http = HttpFrontEnd(
         dispatcher,
-        HttpSettings(max_body_bytes=options.max_body_bytes, request_timeout_s=options.request_timeout_s),
+        HttpSettings(
+            max_body_bytes=options.max_body_bytes,
+            request_timeout_s=options.request_timeout_s,
+            body_timeout_s=options.body_timeout_s,
+        ),
     )
     grpc_front = GrpcFrontEnd(dispatcher, options.max_body_bytes, options.request_timeout_s)
     grpc_server: grpc.aio.Server | None = None
@@ -112,6 +117,8 @@ async def serve(options: RouterOptions, activate: Callable[[str], Awaitable[None
         access_log=False,
         timeout_graceful_shutdown=int(options.drain_timeout_s),
         timeout_keep_alive=30,
+        proxy_headers=False,  # the router is the edge it reports on; no X-Forwarded-* rewriting
+        server_header=False,
     )
     server = uvicorn.Server(config)
     log.info("router listening on %s:%s (HTTP) and %s (gRPC)", options.host, options.port, options.grpc_port)

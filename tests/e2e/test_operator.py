@@ -10,54 +10,32 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 import tritonclient.http as httpclient
 import yaml
 
 from modelplane.operator.children import OperatorSettings
 from modelplane.testing.cluster import Cluster, wait_for
-from modelplane.testing.operator import OperatorProcess, register_mlp
-from modelplane.testing.registry import ADMIN_TOKEN, RegistryProcess
+from modelplane.testing.modeldeployments import (
+    condition,
+    expected,
+    get_md,
+    md_manifest,
+    serving_pods,
+    wait_ready,
+)
+from modelplane.testing.operator import OperatorProcess
+from modelplane.testing.registry import RegistryProcess
+from modelplane.testing.serving_fixtures import ARTIFACT_SECRET
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "deploy" / "examples"
-
-
-@pytest.fixture(scope="module")
-def model_registry(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[RegistryProcess, dict[int, Any]]]:
-    base = tmp_path_factory.mktemp("operator-registry")
-    server = RegistryProcess(
-        database_url=f"sqlite:///{base / 'registry.db'}",
-        artifact_root=base / "artifacts",
-        log_path=base / "log",
-    ).start()
-    with server.client() as client:
-        modules = register_mlp(client, base / "models", "iris", seeds=[1, 2])
-        client.set_alias("iris", "production", 1)
-    try:
-        yield server, modules
-    finally:
-        server.stop()
-
-
-ARTIFACT_SECRET = "modelplane-artifact-token"
-
-
-@pytest.fixture(scope="module")
-def read_token(model_registry: tuple[RegistryProcess, Any]) -> str:
-    server, _ = model_registry
-    with server.client() as client:
-        return client.create_token("serving-pods", scopes=["read"]).token
 
 
 @pytest.fixture
@@ -69,77 +47,6 @@ def namespace(namespace: str, cluster: Cluster, read_token: str) -> str:
     return namespace
 
 
-@pytest.fixture(scope="module")
-def crds(cluster_session: Cluster) -> None:
-    cluster_session.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-    cluster_session.kubectl(
-        "wait", "--for=condition=Established", "crd/modeldeployments.modelplane.io", "--timeout=60s"
-    )
-
-
-@pytest.fixture(scope="module")
-def operator(
-    cluster_session: Cluster,
-    crds: None,
-    model_registry: tuple[RegistryProcess, Any],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[OperatorProcess]:
-    server, _ = model_registry
-    process = OperatorProcess(
-        kubeconfig=cluster_session.kubeconfig,
-        registry_url=server.url,
-        registry_token=ADMIN_TOKEN,
-        log_path=tmp_path_factory.mktemp("operator") / "operator.log",
-        extra_args=["--artifact-token-secret", ARTIFACT_SECRET],
-    ).start()
-    try:
-        yield process
-    finally:
-        process.stop()
-        print(f"\n----- operator log -----\n{process.log_tail()}")
-
-
-def md_manifest(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "modelplane.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-
-
-def get_md(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
-    result: dict[str, Any] = cluster.get_json("modeldeployment", name, "-n", namespace)
-    return result
-
-
-def condition(md: dict[str, Any], kind: str) -> dict[str, Any]:
-    for item in md.get("status", {}).get("conditions", []):
-        if item["type"] == kind:
-            return dict(item)
-    return {}
-
-
-def wait_ready(
-    cluster: Cluster, namespace: str, name: str, replicas: int, timeout: float = 180
-) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        md = get_md(cluster, namespace, name)
-        status = md.get("status", {})
-        ok = condition(md, "Ready").get("status") == "True" and status.get("readyReplicas") == replicas
-        return md if ok else None
-
-    result: dict[str, Any] = wait_for(f"{name} Ready with {replicas} replicas", check, timeout=timeout)
-    return result
-
-
-def serving_pods(cluster: Cluster, namespace: str, name: str, role: str = "stable") -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = cluster.get_json(
-        "pods", "-n", namespace, "-l", f"modelplane.io/deployment={name},modelplane.io/role={role}"
-    )["items"]
-    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
-
-
 def infer(pod_ip: str, batch: np.ndarray) -> np.ndarray:
     client = httpclient.InferenceServerClient(f"{pod_ip}:8000", connection_timeout=10, network_timeout=30)
     inputs = [httpclient.InferInput("INPUT__0", list(batch.shape), "FP32")]
@@ -147,12 +54,6 @@ def infer(pod_ip: str, batch: np.ndarray) -> np.ndarray:
     result = client.infer("iris", inputs, outputs=[httpclient.InferRequestedOutput("OUTPUT__0")])
     output: np.ndarray = result.as_numpy("OUTPUT__0")
     return output
-
-
-def expected(module: Any, batch: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        result: np.ndarray = module(torch.from_numpy(batch)).numpy()
-    return result
 
 
 BATCH = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)

@@ -37,6 +37,12 @@ def router(
     request_timeout: Annotated[
         float, typer.Option("--request-timeout", min=0.1, help="Seconds per request.")
     ] = 120.0,
+    body_timeout: Annotated[
+        float,
+        typer.Option(
+            "--body-timeout", min=0.1, help="Seconds a client gets to send a request body (then 408)."
+        ),
+    ] = 30.0,
     queue_size: Annotated[
         int, typer.Option("--queue-size", min=1, help="Requests held per model while it scales up from zero.")
     ] = 100,
@@ -63,6 +69,7 @@ def router(
         default_namespace=default_namespace,
         max_body_bytes=max_body_bytes,
         request_timeout_s=request_timeout,
+        body_timeout_s=body_timeout,
         queue_size=queue_size,
         queue_timeout_s=queue_timeout,
         drain_timeout_s=drain_timeout,

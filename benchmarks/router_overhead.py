@@ -1,0 +1,202 @@
+"""Router overhead: one runtime reached directly, through ``modelplane router`` and through nginx.
+
+One ``modelplane runtime`` serves the reference TorchScript MLP. In front of it, side by side in one
+run: the router (``--discovery static``, one route to that runtime) and nginx as a plain reverse
+proxy with keep-alive to the same backend (Debian package ``nginx-light`` or ``nginx``; skipped
+with a message when not installed). REST load comes from ``wrk`` pinned to the last CPU, at each
+concurrency, in rotating order over several rounds (the median round is reported). Reported per
+point: req/s, p50/p99, added p50 over direct, throughput ratio, and the router's CPU seconds per
+1,000 requests (from ``/proc``), the figure that carries to machines where the router and the
+runtime do not share cores.
+
+    .venv/bin/python benchmarks/router_overhead.py --duration 10 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from modelplane.testing.router import RouterProcess, write_routes
+from modelplane.testing.runtime import RuntimeProcess, free_port, make_mlp, mlp_config, write_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from runtime_vs_peers import machine, request_body, run_wrk
+
+HERE = Path(__file__).resolve().parent
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {work}/body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    upstream backend {{ server {backend}; keepalive 128; }}
+    server {{
+        listen 127.0.0.1:{port};
+        client_max_body_size 64m;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+def nginx_binary() -> str | None:
+    for candidate in ("nginx", "/usr/sbin/nginx"):
+        found = shutil.which(candidate)
+        if found:
+            return found
+    return None
+
+
+@contextlib.contextmanager
+def running_nginx(binary: str, backend: str, work: Path) -> Iterator[int]:
+    port = free_port()
+    work.mkdir(parents=True, exist_ok=True)
+    conf = work / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(work=work, backend=backend, port=port))
+    process = subprocess.Popen([binary, "-c", str(conf), "-p", str(work)], stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.1)
+        else:
+            raise SystemExit(f"nginx did not start: {(work / 'nginx-error.log').read_text(errors='replace')}")
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def check(port: int) -> None:
+    response = httpx.post(
+        f"http://127.0.0.1:{port}/v2/models/mlp/infer",
+        content=request_body(),
+        headers={"content-type": "application/json"},
+        timeout=10,
+    )
+    response.raise_for_status()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per point")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load on each target first")
+    parser.add_argument("--concurrency", default="1,16,64", help="comma-separated wrk connections")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="repeats of every point; the median is reported"
+    )
+    parser.add_argument("--output", type=Path, default=HERE / "results" / "router_overhead.json")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is missing: install the Debian package `wrk` (apt-get install wrk)")
+    levels = [int(c) for c in args.concurrency.split(",") if c]
+    info = machine()
+    print(json.dumps(info, indent=2), flush=True)
+    nginx = nginx_binary()
+    if nginx is None:
+        print(
+            "nginx is not installed: skipping the nginx reference (apt-get install nginx-light)", flush=True
+        )
+
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        work = Path(tmp)
+        write_model(work / "models", "mlp", make_mlp(0), mlp_config("mlp"))
+        runtime = stack.enter_context(RuntimeProcess(work / "models"))
+        routes = write_routes(
+            work / "routes.yaml",
+            {"mlp": [{"version": "1", "http": runtime.http_url, "grpc": runtime.grpc_address}]},
+        )
+        router = RouterProcess(log_path=work / "router.log", routes=routes).start()
+        stack.callback(router.stop)
+        targets = {"direct": runtime.http_port, "router": router.port}
+        if nginx is not None:
+            targets["nginx"] = stack.enter_context(running_nginx(nginx, runtime.http_address, work / "nginx"))
+        for port in targets.values():
+            check(port)
+            run_wrk(port, 8, args.warmup)
+        names = list(targets)
+        raw: dict[str, dict[int, list[dict[str, float]]]] = {n: {c: [] for c in levels} for n in names}
+        for round_index in range(args.rounds):
+            for c in levels:
+                order = names[round_index % len(names) :] + names[: round_index % len(names)]
+                for name in order:
+                    cpu_before = router.cpu_seconds()
+                    point = run_wrk(targets[name], c, args.duration)
+                    cpu = router.cpu_seconds() - cpu_before
+                    if name == "router":
+                        point["router_cpu_s_per_1k"] = cpu / max(point["rps"] * args.duration, 1) * 1000
+                    raw[name][c].append(point)
+                    print(f"  round {round_index + 1} {name:7} c={c:<3} {json.dumps(point)}", flush=True)
+    results = {n: {c: median(runs) for c, runs in points.items()} for n, points in raw.items()}
+    report(results, levels)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(
+        json.dumps(
+            {"machine": info, "command": " ".join(sys.argv), "results_median": results, "rounds": raw},
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"raw results: {args.output}")
+
+
+def median(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The run with the median p50 (its other figures travel with it)."""
+    return sorted(runs, key=lambda r: r["p50_ms"])[len(runs) // 2]
+
+
+def report(results: dict[str, dict[int, dict[str, float]]], levels: list[int]) -> None:
+    print(f"\n{'target':8}" + "".join(f"{'c=' + str(c):>32}" for c in levels))
+    for name, points in results.items():
+        cells = [
+            f"{p['rps']:6.0f}/s {p['p50_ms']:6.3f}/{p['p99_ms']:7.3f}ms" for p in (points[c] for c in levels)
+        ]
+        print(f"{name:8}" + "".join(f"{cell:>32}" for cell in cells))
+    print("(median round by p50: req/s, p50/p99 latency)\n")
+    direct = results["direct"]
+    for name in [n for n in results if n != "direct"]:
+        for c in levels:
+            p, d = results[name][c], direct[c]
+            added = p["p50_ms"] - d["p50_ms"]
+            line = (
+                f"{name:6} c={c:<3} added p50 {added:+7.3f} ms  "
+                f"added p99 {p['p99_ms'] - d['p99_ms']:+7.3f} ms  "
+                f"throughput {p['rps'] / max(d['rps'], 1e-9):5.2f}x direct"
+            )
+            if name == "router":
+                line += f"  router CPU {p['router_cpu_s_per_1k']:.3f} s per 1,000 requests"
+            if name == "router" and "nginx" in results:
+                nginx_added = results["nginx"][c]["p50_ms"] - d["p50_ms"]
+                line += f"  added p50 vs nginx's {added:.3f}/{max(nginx_added, 1e-3):.3f} ms"
+            print(line)
+
+
+if __name__ == "__main__":
+    main()
