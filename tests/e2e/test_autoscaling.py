@@ -159,6 +159,7 @@ def test_hpa_mode_renders_an_hpa_that_the_controller_manager_accepts(
     assert hpa["metadata"]["ownerReferences"][0]["kind"] == "ModelDeployment"
 
 
+@pytest.mark.timeout(600)
 def test_scale_to_zero_when_idle_then_a_burst_is_answered_in_full(
     cluster: Cluster,
     serving_namespace: str,
@@ -224,6 +225,7 @@ def test_scale_to_zero_when_idle_then_a_burst_is_answered_in_full(
     assert any("0 -> " in message for message in reasons), reasons
 
 
+@pytest.mark.timeout(600)
 def test_scale_up_blocked_by_gpus_holds_and_does_not_thrash(
     cluster: Cluster, serving_namespace: str, autoscaling_operator: OperatorProcess, router: RouterProcess
 ) -> None:
