@@ -161,7 +161,7 @@ def decide(settings: Settings, state: State, inputs: Inputs) -> tuple[Decision, 
     if inputs.unschedulable_pods > 0 and desired > inputs.current_replicas:
         desired = inputs.current_replicas
         reason = f"holding at {desired}: {inputs.unschedulable_pods} pod(s) wait for a free GPU"
-    elif inputs.starting_pods > 0 and desired < inputs.current_replicas and desired > 0:
+    elif inputs.starting_pods > 0 and desired < inputs.current_replicas:
         floor_ = min(inputs.current_replicas, inputs.ready_pods + inputs.starting_pods)
         if desired < floor_:
             desired = floor_
