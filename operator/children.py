@@ -102,10 +102,13 @@ def _metadata(owner: Owner, name: str, labels: dict[str, str]) -> dict[str, Any]
 
 
 def replicas_for(spec: api.ModelDeploymentSpec, role: Role) -> int:
-    """Replicas of a role: stable follows spec.replicas (the autoscaler's output, bounded);
-    a canary or shadow gets its percent of that, at least one while its percent is above zero."""
+    """Replicas of a role: stable follows spec.replicas (the autoscaler's output, kept within the
+    autoscaling bounds unless autoscaling is off); a canary or shadow gets its percent of that, at
+    least one while its percent is above zero."""
     bounds = spec.autoscaling
-    stable = spec.replicas if spec.replicas is not None else bounds.min_replicas
+    stable = spec.replicas
+    if bounds.mode != "none":
+        stable = min(max(stable, bounds.min_replicas), bounds.max_replicas)
     if role == "stable":
         return stable
     target = spec.traffic.canary if role == "canary" else spec.traffic.shadow

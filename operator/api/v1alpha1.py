@@ -294,11 +294,13 @@ class ModelDeploymentSpec(ApiModel):
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
     traffic: TrafficSpec = Field(default_factory=TrafficSpec)
-    replicas: int | None = Field(
-        default=None,
+    replicas: int = Field(
+        default=1,
         ge=0,
         le=1000,
-        description="Desired replicas of the stable version, written by the autoscaler and `kubectl scale`.",
+        description="Desired replicas of the stable version (the scale subresource's field, so it always "
+        "has a value). With autoscaling `builtin` or `hpa` the autoscaler writes it and it is kept within "
+        "`minReplicas`..`maxReplicas`; with `none` it is the replica count (`kubectl scale` sets it).",
     )
 
 

@@ -112,7 +112,10 @@ def decide(settings: Settings, state: State, inputs: Inputs) -> tuple[Decision, 
     stable = window_average(inputs.samples, now, settings.stable_window)
     panic = window_average(inputs.samples, now, settings.panic_window)
     latest = max(inputs.samples, key=lambda s: s.time).concurrency if inputs.samples else 0.0
-    last_traffic = now if (latest > 0 or panic > 0 or inputs.activation_requested) else state.last_traffic
+    # The idle period counts from the first observation: a new deployment (or a restarted loop)
+    # keeps its replicas for the grace period before it may go to zero.
+    busy = latest > 0 or panic > 0 or inputs.activation_requested
+    last_traffic = now if busy or state.last_traffic is None else state.last_traffic
 
     want_stable = math.ceil(stable / settings.target)
     want_panic = math.ceil(panic / settings.target)
@@ -158,7 +161,7 @@ def decide(settings: Settings, state: State, inputs: Inputs) -> tuple[Decision, 
     if inputs.unschedulable_pods > 0 and desired > inputs.current_replicas:
         desired = inputs.current_replicas
         reason = f"holding at {desired}: {inputs.unschedulable_pods} pod(s) wait for a free GPU"
-    elif inputs.starting_pods > 0 and desired < inputs.current_replicas and desired > 0:
+    elif inputs.starting_pods > 0 and desired < inputs.current_replicas:
         floor_ = min(inputs.current_replicas, inputs.ready_pods + inputs.starting_pods)
         if desired < floor_:
             desired = floor_

@@ -88,7 +88,7 @@ class Autoscaler:
             "v1", "Pod", self.namespace, f"{DEPLOYMENT_LABEL}={self.name},{ROLE_LABEL}=stable"
         )
         counts = count_pods(pods)
-        current = spec.replicas if spec.replicas is not None else spec.autoscaling.min_replicas
+        current = spec.replicas
         inputs = Inputs(
             now=now,
             samples=tuple(self.samples),

@@ -135,6 +135,25 @@ def test_scale_to_zero_after_grace_and_activation_on_the_next_request() -> None:
     assert sim.timeline[-1][1].desired >= 1
 
 
+def test_a_new_deployment_without_traffic_serves_for_the_grace_period_before_zero() -> None:
+    s = settings(minReplicas=0, scaleToZeroGracePeriodSeconds=30, scaleDownDelaySeconds=0)
+    sim = Simulation(s, lambda t: 0.0)
+    sim.run(until=20)
+    assert {d.desired for _, d, _ in sim.timeline} == {1}, "no traffic yet is not idleness yet"
+    sim.run(until=60)
+    assert sim.desired_at(60) == 0
+
+
+def test_a_pod_still_starting_is_not_scaled_away_even_to_zero() -> None:
+    s = settings(minReplicas=0, scaleToZeroGracePeriodSeconds=6, scaleDownDelaySeconds=0)
+    sim = Simulation(s, lambda t: 0.0, startup=60)  # slower to start than the grace period
+    sim.pods_started = [0.0]  # a new deployment: its one pod starts now
+    sim.run(until=50)
+    assert {d.desired for _, d, _ in sim.timeline} == {1}, "the starting pod is kept"
+    sim.run(until=120)
+    assert sim.desired_at(120) == 0, "once it has started and stays idle, it goes"
+
+
 def test_min_replicas_one_never_goes_to_zero() -> None:
     sim = Simulation(settings(minReplicas=1), lambda t: 0.0)
     sim.run(until=300)

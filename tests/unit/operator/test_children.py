@@ -191,6 +191,10 @@ def test_canary_gets_its_own_deployment_share_and_stable_selector_stays_fixed() 
 
 def test_replica_counts_follow_spec_replicas_or_min_and_canary_at_least_one() -> None:
     assert replicas_for(spec(), "stable") == 1
+    # Autoscaled: spec.replicas (default 1) is kept within the bounds; without autoscaling it rules.
+    assert replicas_for(spec(autoscaling={"minReplicas": 3, "maxReplicas": 5}), "stable") == 3
+    assert replicas_for(spec(replicas=9, autoscaling={"maxReplicas": 5}), "stable") == 5
+    assert replicas_for(spec(replicas=9, autoscaling={"mode": "none", "maxReplicas": 5}), "stable") == 9
     assert replicas_for(spec(replicas=0, autoscaling={"minReplicas": 0}), "stable") == 0
     assert replicas_for(spec(replicas=3, traffic={"canary": {"version": 4, "percent": 1}}), "canary") == 1
     assert (
