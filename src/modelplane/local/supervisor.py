@@ -99,8 +99,9 @@ def _now_iso() -> str:
 
 
 def _initial_scale(deployment: LocalDeployment) -> int:
+    """``replicas`` when the file sets it, else the autoscaler's floor (locally nothing else writes it)."""
     spec = deployment.spec
-    return spec.replicas if spec.replicas is not None else spec.autoscaling.min_replicas
+    return spec.replicas if "replicas" in spec.model_fields_set else spec.autoscaling.min_replicas
 
 
 class Supervisor:
@@ -217,7 +218,10 @@ class Supervisor:
             elif tracked.deployment.spec != deployment.spec:
                 log.info("deployment %s changed", name)
                 tracked.deployment = deployment
-                if deployment.spec.autoscaling.mode != "builtin" or deployment.spec.replicas is not None:
+                if (
+                    deployment.spec.autoscaling.mode != "builtin"
+                    or "replicas" in deployment.spec.model_fields_set
+                ):
                     tracked.scale = _initial_scale(deployment)
         write_json(self.data.state_file, self._state)
 
