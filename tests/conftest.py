@@ -3,4 +3,5 @@ pytest_plugins = [
     "modelplane.testing.cluster",
     "modelplane.testing.runtime_fixtures",
     "modelplane.testing.registry_fixtures",
+    "modelplane.testing.operator_fixtures",
 ]

@@ -11,7 +11,6 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,59 +21,26 @@ import yaml
 
 from modelplane.operator.children import OperatorSettings
 from modelplane.testing.cluster import Cluster, wait_for
-from modelplane.testing.operator import OperatorProcess, register_mlp
+from modelplane.testing.operator import (
+    ARTIFACT_SECRET,
+    OperatorProcess,
+    condition,
+    get_md,
+    md_manifest,
+    wait_ready,
+)
+from modelplane.testing.operator_fixtures import REPO
 from modelplane.testing.registry import ADMIN_TOKEN, RegistryProcess
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "deploy" / "examples"
 
 
-@pytest.fixture(scope="module")
-def model_registry(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[RegistryProcess, dict[int, Any]]]:
-    base = tmp_path_factory.mktemp("operator-registry")
-    server = RegistryProcess(
-        database_url=f"sqlite:///{base / 'registry.db'}",
-        artifact_root=base / "artifacts",
-        log_path=base / "log",
-    ).start()
-    with server.client() as client:
-        modules = register_mlp(client, base / "models", "iris", seeds=[1, 2])
-        client.set_alias("iris", "production", 1)
-    try:
-        yield server, modules
-    finally:
-        server.stop()
-
-
-ARTIFACT_SECRET = "modelplane-artifact-token"
-
-
-@pytest.fixture(scope="module")
-def read_token(model_registry: tuple[RegistryProcess, Any]) -> str:
-    server, _ = model_registry
-    with server.client() as client:
-        return client.create_token("serving-pods", scopes=["read"]).token
-
-
 @pytest.fixture
-def namespace(namespace: str, cluster: Cluster, read_token: str) -> str:
+def namespace(md_namespace: str) -> str:
     """The test's namespace, with the Secret the serving pods download artifacts with."""
-    cluster.kubectl(
-        "create", "secret", "generic", ARTIFACT_SECRET, "-n", namespace, f"--from-literal=token={read_token}"
-    )
-    return namespace
-
-
-@pytest.fixture(scope="module")
-def crds(cluster_session: Cluster) -> None:
-    cluster_session.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-    cluster_session.kubectl(
-        "wait", "--for=condition=Established", "crd/modeldeployments.modelplane.io", "--timeout=60s"
-    )
+    return md_namespace
 
 
 @pytest.fixture(scope="module")
@@ -97,40 +63,6 @@ def operator(
     finally:
         process.stop()
         print(f"\n----- operator log -----\n{process.log_tail()}")
-
-
-def md_manifest(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "modelplane.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-
-
-def get_md(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
-    result: dict[str, Any] = cluster.get_json("modeldeployment", name, "-n", namespace)
-    return result
-
-
-def condition(md: dict[str, Any], kind: str) -> dict[str, Any]:
-    for item in md.get("status", {}).get("conditions", []):
-        if item["type"] == kind:
-            return dict(item)
-    return {}
-
-
-def wait_ready(
-    cluster: Cluster, namespace: str, name: str, replicas: int, timeout: float = 180
-) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        md = get_md(cluster, namespace, name)
-        status = md.get("status", {})
-        ok = condition(md, "Ready").get("status") == "True" and status.get("readyReplicas") == replicas
-        return md if ok else None
-
-    result: dict[str, Any] = wait_for(f"{name} Ready with {replicas} replicas", check, timeout=timeout)
-    return result
 
 
 def serving_pods(cluster: Cluster, namespace: str, name: str, role: str = "stable") -> list[dict[str, Any]]:
