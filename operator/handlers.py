@@ -144,7 +144,20 @@ def register(
     kopf.on.create(*resource, registry=registry)(on_change)
     kopf.on.update(*resource, registry=registry)(on_change)
     kopf.on.resume(*resource, registry=registry)(on_change)
-    kopf.timer(*resource, registry=registry, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)(on_change)
+    # The periodic resync follows aliases the registry moves. kopf puts its finalizer on every
+    # object a timer runs for, so only models from the registry get one (a storageUri cannot move;
+    # child events and kopf's retries keep those converged) and the finalizer stays where outside
+    # state (the registry's records) needs it.
+    def from_registry(spec: Mapping[str, Any], **_: Any) -> bool:
+        return uses_registry(spec)
+
+    kopf.timer(
+        *resource,
+        registry=registry,
+        interval=RESYNC_SECONDS,
+        initial_delay=RESYNC_SECONDS,
+        when=from_registry,
+    )(on_change)
 
     async def on_child_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
         owner = labels.get(DEPLOYMENT_LABEL)
