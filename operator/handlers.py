@@ -144,6 +144,7 @@ def register(
     kopf.on.create(*resource, registry=registry)(on_change)
     kopf.on.update(*resource, registry=registry)(on_change)
     kopf.on.resume(*resource, registry=registry)(on_change)
+
     # The periodic resync follows aliases the registry moves. kopf puts its finalizer on every
     # object a timer runs for, so only models from the registry get one (a storageUri cannot move;
     # child events and kopf's retries keep those converged) and the finalizer stays where outside

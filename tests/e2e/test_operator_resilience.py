@@ -78,6 +78,13 @@ def operators(
             print(f"\n----- {process.log_path.name} -----\n{process.log_tail(3000)}")
 
 
+@pytest.fixture
+def namespace(operators: OperatorFactory, namespace: str) -> str:
+    """The test's namespace, set up after (so deleted before) the operators stop: their finalizer
+    is removed by a running operator, as in a cluster where the operator outlives its objects."""
+    return namespace
+
+
 def _needs_kwok(cluster: Cluster) -> None:
     if cluster.kwok_nodes == 0:
         pytest.skip("needs the dev cluster's kwok nodes (`make cluster-bins` builds kwok)")
@@ -221,11 +228,13 @@ OPERATOR_NAMESPACE = "modelplane-system"
 
 @pytest.fixture
 def peering(cluster: Cluster) -> None:
-    """The kopf peering resource of deploy/operator/peering.yaml (cluster-wide, applied once)."""
-    cluster.kubectl("apply", "--server-side", "-f", str(PEERING))
+    """The kopf peering resource of deploy/operator/peering.yaml (cluster-wide). The file holds the
+    CRD and its one object: the first apply can only create the CRD, so apply again once it serves."""
+    cluster.kubectl("apply", "--server-side", "-f", str(PEERING), check=False)
     cluster.kubectl(
         "wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev", "--timeout=60s"
     )
+    cluster.kubectl("apply", "--server-side", "-f", str(PEERING))
 
 
 def service_account_kubeconfig(cluster: Cluster, directory: Path) -> Path:
@@ -260,6 +269,27 @@ def test_the_operator_works_with_only_its_service_accounts_rights(
     )  # the later --kubeconfig wins: this runs as the operator
     assert denied.returncode != 0
     assert "forbidden" in denied.stderr.lower(), denied.stderr
+    # The API server's own verdict on what the ServiceAccount may do.
+    who = f"--as=system:serviceaccount:{OPERATOR_NAMESPACE}:modelplane-operator"
+    for verb, resource in [
+        ("list", "secrets"),
+        ("watch", "secrets"),
+        ("get", "secrets"),
+        ("*", "*"),
+        ("bind", "clusterroles"),
+        ("escalate", "clusterroles"),
+        ("impersonate", "serviceaccounts"),
+        ("create", "pods"),
+        ("delete", "nodes"),
+    ]:
+        answer = cluster.kubectl("auth", "can-i", verb, resource, "-A", who, check=False).stdout.strip()
+        assert answer == "no", f"the operator may {verb} {resource}"
+    for verb, resource in [
+        ("patch", "modeldeployments.modelplane.io/status"),
+        ("create", "deployments.apps"),
+    ]:
+        answer = cluster.kubectl("auth", "can-i", verb, resource, "-A", who, check=False).stdout.strip()
+        assert answer == "yes", f"the operator may not {verb} {resource}"
     operator = operators(standalone=False, kubeconfig=kubeconfig).start()
     cluster.apply(md_manifest("least", kwok_spec(1, 2)), namespace)
     md = wait_ready(cluster, namespace, "least", replicas=2, timeout=90)
@@ -290,7 +320,18 @@ def test_two_replicas_one_acts_and_the_other_takes_over_when_it_dies(
     peered = ("--peering-lifetime", "10")
     active = operators("--peering-priority", "200", *peered, standalone=False).start()
     standby = operators("--peering-priority", "100", *peered, standalone=False).start()
-    wait_for("the standby pausing", lambda: "Pausing operations" in standby.log_tail(100_000), timeout=30)
+    # Both are in the peering record, with their priorities: the standby stays paused.
+    wait_for(
+        "both replicas in the peering record",
+        lambda: (
+            sorted(
+                p.get("priority")
+                for p in (cluster.get_json("clusterkopfpeering", "modelplane").get("status") or {}).values()
+            )
+            == [100, 200]
+        ),
+        timeout=30,
+    )
     cluster.apply(md_manifest("pair", kwok_spec(1, 1)), namespace)
     wait_ready(cluster, namespace, "pair", replicas=1, timeout=90)
     before = child_versions(cluster, namespace)
