@@ -69,7 +69,9 @@ class Coalescer:
     def poke(self, namespace: str, name: str, delay: float = 0.3) -> None:
         """Reconcile soon, from a watch event; a burst of events within ``delay`` makes one run.
 
-        Errors are logged; the periodic resync catches up with anything missed.
+        A temporary failure (API timeout, conflict, throttling) pokes again with a doubled delay
+        (up to 30 s), so a child's change is not left to the periodic resync; other errors are
+        logged.
         """
         key = (namespace, name)
         if key in self._scheduled:
@@ -79,7 +81,12 @@ class Coalescer:
         async def later() -> Outcome:
             await asyncio.sleep(delay)
             self._scheduled.discard(key)
-            return await self.reconcile(namespace, name)
+            try:
+                return await self.reconcile(namespace, name)
+            except KubeError as exc:
+                if exc.temporary:
+                    self.poke(namespace, name, delay=min(30.0, max(1.0, delay * 2)))
+                raise
 
         task = asyncio.get_running_loop().create_task(later())
         task.add_done_callback(_log_failure)

@@ -257,6 +257,10 @@ def test_invalid_specs_are_rejected_by_kubectl_naming_the_field(
             {"model": {"name": "iris", "version": 1}, "runtime": {"name": "tensorflow"}},
             "spec.runtime.name",
         ),
+        "storageUri without a signature": (
+            {"model": {"name": "iris", "storageUri": "https://models.example.com/iris.pt"}},
+            "storageUri needs a signature",
+        ),
     }
     for label, (spec, field) in cases.items():
         result = cluster.kubectl(
