@@ -180,6 +180,8 @@ class Churn:
             self.stop.wait(self.rng.uniform(0.1, 0.6))
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # 20 operator start-ups: about 2 min on an idle 2-core machine
 def test_sigkilled_twenty_times_during_churn_the_operator_converges(
     cluster: Cluster, namespace: str, operators: OperatorFactory
 ) -> None:
@@ -400,21 +402,27 @@ def test_registry_records_follow_the_served_version_and_go_with_the_finalizer(
     assert deployed(server, namespace, "rec") == []
 
 
-def test_a_model_from_a_storage_uri_gets_no_finalizer(
-    cluster: Cluster, namespace: str, operators: OperatorFactory, tmp_path: Path
+def test_a_model_from_a_storage_uri_with_its_signature_is_served_without_a_finalizer(
+    cluster: Cluster, namespace: str, operators: OperatorFactory
 ) -> None:
     _needs_kwok(cluster)
     operators().start()
     spec = kwok_spec(1, 1)
     spec["model"] = {
         "name": "iris",
-        "storageUri": f"file://{tmp_path / 'model.pt'}",
+        "storageUri": "https://models.example.com/iris/model.pt",  # kwok pods never fetch it
         "signature": MLP_SIGNATURE,
     }
     cluster.apply(md_manifest("direct", spec), namespace)
     md = wait_ready(cluster, namespace, "direct", replicas=1, timeout=90)
+    assert md["status"]["model"]["storageUri"] == spec["model"]["storageUri"]
     assert "finalizers" not in md["metadata"]
     assert "registryRecords" not in md["status"]
+    # The runtime's model configuration carries the spec's signature and the URI.
+    template = cluster.get_json("deploy", "direct", "-n", namespace)["spec"]["template"]["spec"]
+    rendered = json.dumps(template)
+    assert "INPUT__0" in rendered
+    assert "models.example.com/iris/model.pt" in rendered
 
 
 def test_deletion_with_the_registry_down_retries_then_lets_go(
