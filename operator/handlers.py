@@ -226,4 +226,8 @@ def _register_cleanup(
                 )
                 return
 
-    kopf.on.delete(*resource, registry=registry, when=needs_cleanup, timeout=timeout + 60)(on_delete)
+    # kopf keeps a handler's retry state in an annotation named after its id: name it plainly (a
+    # nested function's default id starts with "_" and the API server refuses it as a key).
+    kopf.on.delete(
+        *resource, registry=registry, id="registry-records", when=needs_cleanup, timeout=timeout + 60
+    )(on_delete)

@@ -433,7 +433,7 @@ def test_deletion_with_the_registry_down_retries_then_lets_go(
 ) -> None:
     _needs_kwok(cluster)
     server, _ = model_registry
-    operators("--registry-cleanup-timeout", "15").start()
+    operators("--registry-cleanup-timeout", "30").start()
     for name in ("held", "dropped"):
         cluster.apply(md_manifest(name, kwok_spec(1, 1)), namespace)
     for name in ("held", "dropped"):
@@ -442,7 +442,7 @@ def test_deletion_with_the_registry_down_retries_then_lets_go(
     server.kill()
     try:
         cluster.kubectl("delete", "md", "held", "-n", namespace, "--wait=false")
-        time.sleep(5)  # several attempts (1 s, 2 s back-off) against the dead registry
+        time.sleep(3)  # attempts at 1 s and 2 s back-off against the dead registry
         held = get_md(cluster, namespace, "held")
         assert held["metadata"]["deletionTimestamp"]
         assert held["metadata"]["finalizers"] == ["modelplane.io/finalizer"]
