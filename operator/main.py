@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
+import random
 import threading
 from dataclasses import dataclass, field
 
@@ -14,8 +14,9 @@ from prometheus_client import start_http_server
 from modelplane.kube import KubeApi, load_connection
 from modelplane.operator.autoscaler.metrics import LoadCache
 from modelplane.operator.children import FIELD_MANAGER, OperatorSettings
-from modelplane.operator.handlers import register
+from modelplane.operator.handlers import CLEANUP_TIMEOUT_SECONDS, register
 from modelplane.operator.reconcile import Reconciler
+from modelplane.operator.records import Records
 from modelplane.operator.resolver import Resolver
 
 log = logging.getLogger("modelplane.operator")
@@ -27,14 +28,20 @@ class RunOptions:
 
     namespaces: tuple[str, ...] = ()  # empty: cluster-wide
     peering: str | None = "modelplane"  # None: standalone (one replica only)
+    # kopf pauses every replica that sees a peer of the same priority, so each process draws its
+    # own: the replica with the highest works, the others stand by.
+    peering_priority: int = field(default_factory=lambda: random.randint(1, 2**31 - 1))
+    peering_lifetime_s: int = 60  # a silent peer is presumed dead after this long
     health_host: str = "0.0.0.0"  # noqa: S104 (probes come from the kubelet); also the metrics address
     health_port: int = 8080
     metrics_port: int | None = 9090
     router_metrics_urls: tuple[str, ...] = ()  # the routers' /metrics: the autoscaler's signal
     settings: OperatorSettings = field(default_factory=OperatorSettings)
+    registry_cleanup_timeout_s: float = CLEANUP_TIMEOUT_SECONDS
 
 
-def _configure_kopf(settings: kopf.OperatorSettings, peering: str | None) -> None:
+def _configure_kopf(settings: kopf.OperatorSettings, options: RunOptions) -> None:
+    peering = options.peering
     settings.persistence.finalizer = "modelplane.io/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="modelplane.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="modelplane.io")
@@ -48,19 +55,27 @@ def _configure_kopf(settings: kopf.OperatorSettings, peering: str | None) -> Non
         settings.peering.name = peering
         settings.peering.mandatory = True
         settings.peering.clusterwide = True
-        # kopf pauses *every* peer when two share a priority; a random one per process lets exactly one
-        # replica work while the others stand by (and take over when its lease lapses).
-        settings.peering.priority = secrets.randbelow(2**31 - 1) + 1
+        settings.peering.priority = options.peering_priority
+        settings.peering.lifetime = options.peering_lifetime_s
 
 
-async def run(options: RunOptions, resolver: Resolver, stop: threading.Event | None = None) -> None:
-    """Run until ``stop`` is set (or forever); raises if the cluster cannot be reached."""
+async def run(
+    options: RunOptions,
+    resolver: Resolver,
+    records: Records | None = None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Run until ``stop`` is set (or forever); raises if the cluster cannot be reached.
+
+    With ``records``, the registry is told which versions serve where (and the finalizer cleans up).
+    """
     if options.metrics_port is not None:
         start_http_server(options.metrics_port, addr=options.health_host)
     kube = KubeApi(load_connection(), field_manager=FIELD_MANAGER)
     registry = kopf.OperatorRegistry()
     loads = LoadCache(list(options.router_metrics_urls)) if options.router_metrics_urls else None
-    register(registry, Reconciler(kube, resolver, options.settings), loads)
+    reconciler = Reconciler(kube, resolver, options.settings, records)
+    register(registry, reconciler, loads, cleanup_timeout=options.registry_cleanup_timeout_s)
     scraper = asyncio.create_task(loads.run()) if loads is not None else None
 
     # A private registry has no default login handler: authenticate like the official client does
@@ -69,7 +84,7 @@ async def run(options: RunOptions, resolver: Resolver, stop: threading.Event | N
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: object) -> None:
-        _configure_kopf(settings, options.peering)
+        _configure_kopf(settings, options)
 
     try:
         await kopf.operator(
@@ -85,6 +100,6 @@ async def run(options: RunOptions, resolver: Resolver, stop: threading.Event | N
         await kube.close()
 
 
-def run_forever(options: RunOptions, resolver: Resolver) -> None:
+def run_forever(options: RunOptions, resolver: Resolver, records: Records | None = None) -> None:
     """Blocking entry point for the CLI."""
-    asyncio.run(run(options, resolver))
+    asyncio.run(run(options, resolver, records))

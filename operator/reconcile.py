@@ -30,6 +30,7 @@ from modelplane.operator.children import (
     total_gpus,
 )
 from modelplane.operator.events import post_event
+from modelplane.operator.records import Record, RecordError, Records, plan_records, recorded_in
 from modelplane.operator.resolver import ResolutionError, Resolved, Resolver, ServingOptions, spec_sources
 from modelplane.operator.status.conditions import merge_conditions, now_rfc3339, transitions
 from modelplane.operator.status.readiness import (
@@ -105,13 +106,33 @@ def _resolved_model(resolved: Resolved | None, source: api.ModelSource, name: st
     return model.model_dump(by_alias=True, exclude_none=True)
 
 
+def _registry_served(
+    spec: api.ModelDeploymentSpec, stable: Resolved | None, others: dict[Role, Resolved]
+) -> set[Record]:
+    """The registry versions this ModelDeployment serves now (direct URIs have no record)."""
+    served: set[Record] = set()
+    pairs: list[tuple[api.ModelSource | None, Resolved | None]] = [
+        (spec.model, stable),
+        (spec.traffic.canary, others.get("canary")),
+        (spec.traffic.shadow, others.get("shadow")),
+    ]
+    for source, resolved in pairs:
+        direct = source is None or source.storage_uri is not None
+        if not direct and resolved is not None and resolved.served.version is not None:
+            served.add(Record(spec.model.name, resolved.served.version))
+    return served
+
+
 class Reconciler:
     """Holds the clients; :meth:`reconcile` is safe to call any number of times."""
 
-    def __init__(self, kube: KubeApi, resolver: Resolver, settings: OperatorSettings) -> None:
+    def __init__(
+        self, kube: KubeApi, resolver: Resolver, settings: OperatorSettings, records: Records | None = None
+    ) -> None:
         self.kube = kube
         self.resolver = resolver
         self.settings = settings
+        self.records = records  # None: no registry deployment records are kept
 
     async def _resolve_all(
         self, spec: api.ModelDeploymentSpec
@@ -232,8 +253,39 @@ class Reconciler:
                 }
             )
         extra["traffic"] = [{k: v for k, v in t.items() if v is not None} for t in traffic] if stable else []
+        if self.records is not None:
+            serving = _registry_served(spec, stable, others)
+            recorded = await self._sync_records(owner, observation, serving, recorded_in(old_status), outcome)
+            if recorded or "registryRecords" in old_status:
+                extra["registryRecords"] = [r.as_status() for r in sorted(recorded)]
         await self._report(body, owner, observation, extra, old_conditions, outcome)
         return outcome
+
+    async def _sync_records(
+        self,
+        owner: Owner,
+        observation: Observation,
+        serving: set[Record],
+        recorded: set[Record],
+        outcome: Outcome,
+    ) -> set[Record]:
+        """Tell the registry what serves once Ready; returns the records the registry confirmed."""
+        assert self.records is not None
+        ready = decide_conditions(observation)[-1].status == "True"
+        plan = plan_records(ready, serving, recorded)
+        confirmed = set(recorded)
+        try:
+            for record in plan.report:
+                await self.records.report(record, owner.namespace, owner.name)
+                confirmed.add(record)
+            for record in plan.remove:
+                await self.records.remove(record, owner.namespace, owner.name)
+                confirmed.discard(record)
+        except RecordError as exc:
+            log.warning("%s/%s: %s", owner.namespace, owner.name, exc)
+            if exc.temporary and outcome.retry_after is None:
+                outcome.retry_after, outcome.retry_reason = 15.0, str(exc)
+        return confirmed
 
     async def _report(
         self,

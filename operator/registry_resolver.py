@@ -1,9 +1,9 @@
 """Resolving model references through the registry's REST API (the typed client, off the loop).
 
 A version or alias becomes a :class:`ServedVersion`: the artifact's download URL and digest, and
-the runtime configuration written from the version's signature. A direct ``storageUri`` needs a
-signature too; it is taken from the registry's copy of the model when one exists, and the
-operator otherwise reports what is missing.
+the runtime configuration written from the version's signature. A direct ``storageUri`` carries
+its signature in the spec (a TorchScript file does not record its tensors' names and shapes), as
+an InferenceService's storage URI does with its model configuration; the registry is not asked.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import httpx
 from modelplane.operator.api.v1alpha1 import ModelSource
 from modelplane.operator.children import Role, ServedVersion
 from modelplane.operator.modelconfig import SignatureError, Tensor, model_config
+from modelplane.operator.records import Record, RecordError
 from modelplane.operator.resolver import ResolutionError, Resolved, ServingOptions
 from modelplane.serving.registry.client import RegistryClient, RegistryClientError
 from modelplane.serving.registry.schemas import VersionPublic
@@ -37,12 +38,7 @@ class RegistryResolver:
 
     def _resolve(self, name: str, source: ModelSource, role: Role, options: ServingOptions) -> Resolved:
         if source.storage_uri is not None:
-            raise ResolutionError(
-                "SignatureUnknown",
-                f"storageUri {source.storage_uri} needs a tensor signature: register the model in the "
-                "registry (with a signature) and refer to its version or alias instead",
-                temporary=False,
-            )
+            return self._direct(name, source, role, options)
         version = self._fetch(name, source)
         if version.status != "READY" or version.artifact is None:
             raise ResolutionError(
@@ -78,6 +74,34 @@ class RegistryResolver:
             served=served, description=f"{name} version {version.version}{via}, sha256:{digest[:12]}"
         )
 
+    def _direct(self, name: str, source: ModelSource, role: Role, options: ServingOptions) -> Resolved:
+        """A ``storageUri`` with the signature the spec carries: no registry call at all."""
+        assert source.storage_uri is not None
+        if source.signature is None:
+            raise ResolutionError(
+                "SignatureUnknown",
+                f"storageUri {source.storage_uri} needs a tensor signature: set `signature` "
+                "(inputs and outputs) beside it, or register the model and refer to its version",
+                temporary=False,
+            )
+        try:
+            config = model_config(
+                name,
+                [Tensor(t.name, t.datatype, tuple(t.shape)) for t in source.signature.inputs],
+                [Tensor(t.name, t.datatype, tuple(t.shape)) for t in source.signature.outputs],
+                max_batch_size=options.max_batch_size,
+                max_latency_ms=options.max_latency_ms,
+                gpus=options.gpus,
+                artifact_uri=source.storage_uri,
+                sha256=source.sha256,
+                version=1,
+            )
+        except SignatureError as exc:
+            raise ResolutionError("SignatureInvalid", str(exc), temporary=False) from exc
+        served = ServedVersion(role, name, None, source.storage_uri, source.sha256, config)
+        checked = f", sha256:{source.sha256[:12]}" if source.sha256 else " (no sha256 given: not verified)"
+        return Resolved(served=served, description=f"{name} from {source.storage_uri}{checked}")
+
     def _fetch(self, name: str, source: ModelSource) -> VersionPublic:
         try:
             with RegistryClient(self.base_url, token=self.token, timeout=self.timeout_s) as client:
@@ -101,6 +125,44 @@ class RegistryResolver:
         except httpx.HTTPError as exc:
             raise ResolutionError(
                 "RegistryUnavailable",
+                f"the registry at {self.base_url} is unreachable: {exc}",
+                temporary=True,
+            ) from exc
+
+
+@dataclass(frozen=True)
+class RegistryRecords:
+    """The registry's deployment records, through its REST API (the operator's token needs the
+    write scope on the models it deploys)."""
+
+    base_url: str
+    token: str | None
+    timeout_s: float = 10.0
+
+    async def report(self, record: Record, namespace: str, deployment: str) -> None:
+        await asyncio.to_thread(self._call, "report", record, namespace, deployment)
+
+    async def remove(self, record: Record, namespace: str, deployment: str) -> None:
+        await asyncio.to_thread(self._call, "remove", record, namespace, deployment)
+
+    def _call(self, action: str, record: Record, namespace: str, deployment: str) -> None:
+        where = f"{record.model} version {record.version} for {namespace}/{deployment}"
+        try:
+            with RegistryClient(self.base_url, token=self.token, timeout=self.timeout_s) as client:
+                if action == "report":
+                    client.report_deployment(record.model, record.version, namespace, deployment)
+                else:
+                    client.remove_deployment(record.model, record.version, namespace, deployment)
+        except RegistryClientError as exc:
+            if action == "remove" and exc.status == 404:
+                return  # already gone (or the version itself was deleted): nothing to clean
+            temporary = exc.status in (408, 409, 429) or exc.status >= 500
+            raise RecordError(
+                f"could not {action} the record of {where}: {exc}", temporary=temporary
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise RecordError(
+                f"could not {action} the record of {where}: "
                 f"the registry at {self.base_url} is unreachable: {exc}",
                 temporary=True,
             ) from exc

@@ -58,5 +58,9 @@ class Resolver(Protocol):
 def spec_sources(model: ModelSpec) -> ModelSource:
     """The stable version's source, as a plain ModelSource."""
     return ModelSource(
-        version=model.version, alias=model.alias, storage_uri=model.storage_uri, sha256=model.sha256
+        version=model.version,
+        alias=model.alias,
+        storage_uri=model.storage_uri,
+        sha256=model.sha256,
+        signature=model.signature,
     )

@@ -20,6 +20,44 @@ ModelDeployment serves one model: a registry version or alias (or a direct `stor
 runtime, GPUs and scheduling it names, scaled on concurrency and split between versions.
 """
 
+FOOTER = """## Serving from a `storageUri`
+
+A model outside the registry is served straight from its URI (`https://`, `http://` or `file://`),
+as an InferenceService's `storageUri` is. A TorchScript file does not record the names, datatypes
+and shapes of its tensors, so the spec carries them in `signature` beside the URI (the registry
+keeps the same for its versions); the runtime's model configuration is written from it. `sha256`,
+when given, makes the runtime refuse any other bytes. Without a signature `kubectl apply` refuses
+the object.
+
+```yaml
+spec:
+  model:
+    name: iris
+    storageUri: https://models.example.com/iris/model.pt
+    sha256: 3f5a...  # optional
+    signature:
+      inputs: [{name: INPUT__0, datatype: FP32, shape: [-1, 64]}]
+      outputs: [{name: OUTPUT__0, datatype: FP32, shape: [-1, 10]}]
+```
+
+## The finalizer and the registry's deployment records
+
+Once a ModelDeployment served from the registry is Ready, the operator tells the registry which
+version serves where (`PUT /api/v1/models/NAME/versions/N/deployments/NAMESPACE/NAME`; the
+operator's registry token needs the `write` scope). The registry then refuses to delete that
+version or its model. A version change moves the record once the new version is Ready; the
+records reported are listed in `status.registryRecords`.
+
+Such a ModelDeployment carries one finalizer, `modelplane.io/finalizer` (a `storageUri` model
+gets none). On deletion the operator removes its records, then the finalizer. If the registry
+cannot be reached, it retries with exponential back-off (1 s doubling to 60 s) for at most
+`--registry-cleanup-timeout` seconds (default 600); after that it lets the deletion finish, posts a
+`Warning` Event `RegistryRecordsLeft` naming the records left behind, and an administrator removes
+them with the registry's API (`DELETE` on the same path). A deletion is delayed by a registry
+outage, never blocked forever. If the operator itself is uninstalled first, remove the finalizer
+by hand: `kubectl patch md NAME --type=merge -p '{"metadata":{"finalizers":null}}'`.
+"""
+
 
 def _type(node: dict[str, Any]) -> str:
     if node.get("x-kubernetes-int-or-string"):
@@ -95,4 +133,5 @@ def render_reference() -> str:
             )
             lines.extend(rules)
             lines.append("")
+    lines.append(FOOTER)
     return "\n".join(lines).rstrip() + "\n"

@@ -59,6 +59,29 @@ class ApiModel(BaseModel):
         return self
 
 
+TensorDatatype = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+    "FP16", "FP32", "FP64", "BF16", "BYTES",
+]  # fmt: skip
+
+
+class TensorSpec(ApiModel):
+    """One input or output tensor, as in the V2 protocol's model metadata."""
+
+    name: str = Field(min_length=1, max_length=128, description="Tensor name, e.g. `INPUT__0`.")
+    datatype: TensorDatatype = Field(description="V2 datatype, e.g. `FP32`.")
+    shape: list[Annotated[int, Field(ge=-1)]] = Field(
+        max_length=16, description="Dimensions; -1 marks a dynamic one (a leading -1 is the batch)."
+    )
+
+
+class ModelSignature(ApiModel):
+    """The tensors a model takes and returns; the runtime's model configuration is written from it."""
+
+    inputs: list[TensorSpec] = Field(min_length=1, max_length=64)
+    outputs: list[TensorSpec] = Field(min_length=1, max_length=64)
+
+
 class ModelSource(ApiModel):
     """Which artifact to serve: a registry version or alias, or a direct storage URI."""
 
@@ -80,6 +103,11 @@ class ModelSource(ApiModel):
         pattern=SHA256_PATTERN,
         description="Expected sha256 of the artifact at `storageUri`; the runtime refuses any other bytes.",
     )
+    signature: ModelSignature | None = Field(
+        default=None,
+        description="Tensor signature of the artifact at `storageUri` (registry versions carry their own); "
+        "required with `storageUri`, since a TorchScript file does not record its tensors' names and shapes.",
+    )
 
     rules = (
         Rule(
@@ -92,6 +120,12 @@ class ModelSource(ApiModel):
             cel="!has(self.sha256) || has(self.storageUri)",
             message="sha256 applies only to storageUri (registry artifacts carry their own digest)",
             check=lambda s: s.sha256 is None or s.storage_uri is not None,
+        ),
+        Rule(
+            cel="has(self.signature) == has(self.storageUri)",
+            message="storageUri needs a signature, and only storageUri takes one "
+            "(registry versions carry their own)",
+            check=lambda s: (s.signature is None) == (s.storage_uri is None),
         ),
     )
 
@@ -336,6 +370,14 @@ class TrafficShare(ApiModel):
     percent: int = Field(ge=0, le=100)
 
 
+class RegistryRecord(ApiModel):
+    """A registry version this deployment told the registry it serves (the registry's deployment
+    record, which keeps that version from being deleted while it serves)."""
+
+    model: str
+    version: int
+
+
 class AutoscalerStatus(ApiModel):
     """The autoscaler's last decision."""
 
@@ -363,6 +405,10 @@ class ModelDeploymentStatus(ApiModel):
     shadow: ResolvedModel | None = None
     traffic: list[TrafficShare] = Field(default_factory=list)
     autoscaler: AutoscalerStatus | None = None
+    registry_records: list[RegistryRecord] = Field(
+        default_factory=list,
+        description="Registry versions reported to the registry as deployed here; removed on deletion.",
+    )
     conditions: list[Condition] = Field(default_factory=list)
 
 

@@ -20,10 +20,9 @@ import pytest
 
 from modelplane.testing.cluster import Cluster, wait_for
 from modelplane.testing.modeldeployments import condition, expected, get_md, md_manifest, serving_pods
-from modelplane.testing.operator import OperatorProcess
+from modelplane.testing.operator import ARTIFACT_SECRET, OperatorProcess
 from modelplane.testing.registry import ADMIN_TOKEN, RegistryProcess
 from modelplane.testing.router import RouterProcess
-from modelplane.testing.serving_fixtures import ARTIFACT_SECRET
 
 pytestmark = pytest.mark.e2e
 
@@ -221,8 +220,9 @@ def test_scale_to_zero_when_idle_then_a_burst_is_answered_in_full(
         "events", "-n", serving_namespace, "--field-selector", "involvedObject.name=zero"
     )
     reasons = [e["message"] for e in events["items"] if e.get("reason") == "Scaled"]
-    assert any("-> 0" in message for message in reasons), reasons
-    assert any("0 -> " in message for message in reasons), reasons
+    # The scale to zero is an Event; the way back may be the router's activation (it writes the
+    # scale subresource itself, before the autoscaler's next step), so it is not asserted here.
+    assert any("-> 0: no traffic" in message for message in reasons), reasons
 
 
 @pytest.mark.timeout(600)

@@ -28,9 +28,8 @@ from modelplane.testing.modeldeployments import (
     serving_pods,
     wait_ready,
 )
-from modelplane.testing.operator import OperatorProcess
+from modelplane.testing.operator import ARTIFACT_SECRET, OperatorProcess
 from modelplane.testing.registry import RegistryProcess
-from modelplane.testing.serving_fixtures import ARTIFACT_SECRET
 
 pytestmark = pytest.mark.e2e
 
@@ -225,6 +224,10 @@ def test_invalid_specs_are_rejected_by_kubectl_naming_the_field(
         "unknown runtime": (
             {"model": {"name": "iris", "version": 1}, "runtime": {"name": "tensorflow"}},
             "spec.runtime.name",
+        ),
+        "storageUri without a signature": (
+            {"model": {"name": "iris", "storageUri": "https://models.example.com/iris.pt"}},
+            "storageUri needs a signature",
         ),
     }
     for label, (spec, field) in cases.items():

@@ -38,6 +38,34 @@ def operator(
         list[str] | None,
         typer.Option("--namespace", "-n", help="Watch only these namespaces (default: all)."),
     ] = None,
+    peering_priority: Annotated[
+        int | None,
+        typer.Option(
+            "--peering-priority",
+            min=1,
+            help="Priority among peered replicas; the highest works (default: random per process).",
+        ),
+    ] = None,
+    peering_lifetime: Annotated[
+        int,
+        typer.Option("--peering-lifetime", min=5, help="Seconds before a silent peer is presumed dead."),
+    ] = 60,
+    registry_records: Annotated[
+        bool,
+        typer.Option(
+            "--registry-records/--no-registry-records",
+            help="Tell the registry which versions serve where (needs the write scope); "
+            "the finalizer removes the records on deletion.",
+        ),
+    ] = True,
+    registry_cleanup_timeout: Annotated[
+        float,
+        typer.Option(
+            "--registry-cleanup-timeout",
+            min=0,
+            help="Seconds a deletion retries removing its registry records before it lets go.",
+        ),
+    ] = 600.0,
     standalone: Annotated[
         bool, typer.Option("--standalone", help="No peering: only for a single replica (development).")
     ] = False,
@@ -72,7 +100,7 @@ def operator(
     """Reconcile ModelDeployments into serving pods, report their status, and scale them with load."""
     from modelplane.operator.children import OperatorSettings
     from modelplane.operator.main import RunOptions, run_forever
-    from modelplane.operator.registry_resolver import RegistryResolver
+    from modelplane.operator.registry_resolver import RegistryRecords, RegistryResolver
 
     token = os.environ.get("MODELPLANE_REGISTRY_TOKEN")
     if registry_token_file is not None:
@@ -92,10 +120,15 @@ def operator(
         namespaces=tuple(namespace or ()),
         peering=None if standalone else "modelplane",
         health_host=host,
+        peering_lifetime_s=peering_lifetime,
+        registry_cleanup_timeout_s=registry_cleanup_timeout,
         health_port=health_port,
         metrics_port=metrics_port,
         router_metrics_urls=tuple(router_metrics_url or ()),
         settings=settings,
     )
+    if peering_priority is not None:
+        options = dataclasses.replace(options, peering_priority=peering_priority)
     resolver = RegistryResolver(base_url=registry_url, token=token, artifact_base_url=artifact_base_url)
-    run_forever(options, resolver)
+    records = RegistryRecords(base_url=registry_url, token=token) if registry_records else None
+    run_forever(options, resolver, records)

@@ -21,6 +21,9 @@ import torch
 from modelplane.serving.registry.client import RegistryClient
 from modelplane.testing.runtime import free_port, make_mlp, save_torchscript
 
+#: The Secret (key ``token``) serving pods download registry artifacts with.
+ARTIFACT_SECRET = "modelplane-artifact-token"  # noqa: S105 (a Secret's name)
+
 MLP_SIGNATURE = {
     "inputs": [{"name": "INPUT__0", "datatype": "FP32", "shape": [-1, 64]}],
     "outputs": [{"name": "OUTPUT__0", "datatype": "FP32", "shape": [-1, 10]}],
@@ -51,11 +54,18 @@ class OperatorProcess:
     registry_token: str
     log_path: Path
     extra_args: list[str] = field(default_factory=list)
+    standalone: bool = True  # False: kopf peering (the peering resource must exist)
     health_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> OperatorProcess:
+        """Start the process and wait until its liveness endpoint answers."""
+        self.launch()
+        return self.wait_healthy(timeout)
+
+    def launch(self) -> OperatorProcess:
+        """Start the process without waiting for it (crash tests kill it at any moment)."""
         env = {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
@@ -65,24 +75,32 @@ class OperatorProcess:
         command = [
             sys.executable, "-m", "modelplane", "operator",
             "--registry-url", self.registry_url,
-            "--standalone",
+            *(["--standalone"] if self.standalone else []),
             "--health-port", str(self.health_port),
             "--metrics-port", str(self.metrics_port),
             *self.extra_args,
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def wait_healthy(self, timeout: float = 60.0) -> OperatorProcess:
+        assert self.process is not None, "launch() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the operator exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
+            if self.healthy():
+                return self
             time.sleep(0.2)
         raise RuntimeError(f"the operator did not become healthy in {timeout}s:\n{self.log_tail()}")
+
+    def healthy(self) -> bool:
+        """Whether the liveness endpoint answers 200 right now."""
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of a metric's samples (matching ``labels``) from the operator's /metrics."""

@@ -37,8 +37,10 @@ class RegistryProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> RegistryProcess:
-        self.port = free_port()
+    def start(self, keep_port: bool = False) -> RegistryProcess:
+        """Start the server; ``keep_port`` restarts it where clients already point (after ``kill``)."""
+        if not (keep_port and self.port):
+            self.port = free_port()
         env = {
             **os.environ,
             "MODELPLANE_REGISTRY_BOOTSTRAP_TOKEN": ADMIN_TOKEN,

@@ -17,11 +17,10 @@ from typing import Any
 import pytest
 
 from modelplane.testing.cluster import Cluster
-from modelplane.testing.operator import OperatorProcess, register_mlp
+from modelplane.testing.operator import ARTIFACT_SECRET, OperatorProcess, register_mlp
 from modelplane.testing.registry import ADMIN_TOKEN, RegistryProcess
 
 REPO = Path(__file__).resolve().parents[3]
-ARTIFACT_SECRET = "modelplane-artifact-token"  # noqa: S105 - a Secret's name
 
 
 @pytest.fixture(scope="module")

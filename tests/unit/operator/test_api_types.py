@@ -18,6 +18,12 @@ GOOD: dict[str, Any] = {
 }
 
 
+SIGNATURE = {
+    "inputs": [{"name": "INPUT__0", "datatype": "FP32", "shape": [-1, 64]}],
+    "outputs": [{"name": "OUTPUT__0", "datatype": "FP32", "shape": [-1, 10]}],
+}
+
+
 def _with(path: str, value: Any) -> dict[str, Any]:
     """GOOD with one field set (value ... deletes it); `path` is dotted, e.g. spec.model.version."""
     doc = copy.deepcopy(GOOD)
@@ -109,6 +115,36 @@ BAD_SPECS = [
         id="sha-no-uri",
     ),
     pytest.param(
+        _with("spec.model", {"name": "iris", "storageUri": "https://models.example.com/iris.pt"}),
+        "storageUri needs a signature",
+        id="uri-without-signature",
+    ),
+    pytest.param(
+        _with("spec.model", {"name": "iris", "version": 1, "signature": SIGNATURE}),
+        "only storageUri takes one",
+        id="signature-with-version",
+    ),
+    pytest.param(
+        _with(
+            "spec.model",
+            {"name": "iris", "storageUri": "file:///m.pt", "signature": {**SIGNATURE, "inputs": []}},
+        ),
+        "spec.model.signature.inputs",
+        id="signature-without-inputs",
+    ),
+    pytest.param(
+        _with(
+            "spec.model",
+            {
+                "name": "iris",
+                "storageUri": "file:///m.pt",
+                "signature": {**SIGNATURE, "outputs": [{"name": "y", "datatype": "FLOAT", "shape": [-1]}]},
+            },
+        ),
+        "spec.model.signature.outputs.0.datatype",
+        id="signature-bad-datatype",
+    ),
+    pytest.param(
         _with("spec.autoscaling", {"targetConcurrency": 0}),
         "spec.autoscaling.targetConcurrency",
         id="zero-target",
@@ -124,3 +160,18 @@ def test_bad_spec_is_rejected_naming_the_field(doc: dict[str, Any], expected: st
         ".".join(str(part) for part in error["loc"]) + ": " + error["msg"] for error in caught.value.errors()
     )
     assert expected in rendered, rendered
+
+
+def test_a_storage_uri_with_its_signature_is_accepted() -> None:
+    doc = _with(
+        "spec.model",
+        {
+            "name": "iris",
+            "storageUri": "https://models.example.com/iris.pt",
+            "sha256": "a" * 64,
+            "signature": SIGNATURE,
+        },
+    )
+    model = ModelDeployment.model_validate(doc).spec.model
+    assert model.signature is not None
+    assert [t.shape for t in model.signature.inputs] == [[-1, 64]]
