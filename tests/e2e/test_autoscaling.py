@@ -20,14 +20,15 @@ import pytest
 
 from modelplane.testing.cluster import Cluster, wait_for
 from modelplane.testing.modeldeployments import condition, expected, get_md, md_manifest, serving_pods
-from modelplane.testing.operator import ARTIFACT_SECRET, OperatorProcess
-from modelplane.testing.registry import ADMIN_TOKEN, RegistryProcess
-from modelplane.testing.router import RouterProcess
+from modelplane.testing.operator import OperatorProcess
+from modelplane.testing.registry import RegistryProcess
+from modelplane.testing.router import RouterProcess, infer_body, output_of
+from modelplane.testing.serving_fixtures import running_operator
 
 pytestmark = pytest.mark.e2e
 
 ROW = np.random.default_rng(11).standard_normal((1, 64)).astype(np.float32)
-BODY = {"inputs": [{"name": "INPUT__0", "shape": [1, 64], "datatype": "FP32", "data": ROW.ravel().tolist()}]}
+BODY = infer_body(ROW)
 
 
 @pytest.fixture(scope="module")
@@ -57,21 +58,11 @@ def autoscaling_operator(
 ) -> Iterator[OperatorProcess]:
     """The operator with its autoscaler on: it scrapes the router's load."""
     server, _ = model_registry
-    process = OperatorProcess(
-        kubeconfig=cluster_session.kubeconfig,
-        registry_url=server.url,
-        registry_token=ADMIN_TOKEN,
-        log_path=tmp_path_factory.mktemp("operator") / "operator.log",
-        extra_args=[
-            "--artifact-token-secret", ARTIFACT_SECRET,
-            "--router-metrics-url", router.url + "/metrics",
-        ],
-    ).start()  # fmt: skip
-    try:
-        yield process
-    finally:
-        process.stop()
-        print(f"\n----- operator log -----\n{process.log_tail()}")
+    log_dir = tmp_path_factory.mktemp("operator")
+    with running_operator(
+        cluster_session, server, log_dir, ["--router-metrics-url", router.url + "/metrics"]
+    ) as op:
+        yield op
 
 
 def infer(client: httpx.Client, namespace: str, model: str) -> tuple[int, float, np.ndarray | None]:
@@ -81,8 +72,7 @@ def infer(client: httpx.Client, namespace: str, model: str) -> tuple[int, float,
     took = time.monotonic() - started
     if response.status_code != 200:
         return response.status_code, took, None
-    output = response.json()["outputs"][0]
-    return 200, took, np.asarray(output["data"], dtype=np.float32).reshape(output["shape"])
+    return 200, took, output_of(response)
 
 
 def spec_replicas(cluster: Cluster, namespace: str, name: str) -> int:

@@ -31,26 +31,13 @@ from modelplane.testing.modeldeployments import (
 )
 from modelplane.testing.operator import OperatorProcess
 from modelplane.testing.registry import RegistryProcess
-from modelplane.testing.router import RouterProcess
+from modelplane.testing.router import RouterProcess, infer_body, output_of
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 BATCH = np.random.default_rng(3).standard_normal((2, 64)).astype(np.float32)
 ROW = BATCH[:1]
-
-
-def infer_body(x: np.ndarray) -> dict[str, Any]:
-    return {
-        "inputs": [
-            {"name": "INPUT__0", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}
-        ]
-    }
-
-
-def output_of(response: httpx.Response) -> np.ndarray:
-    output = response.json()["outputs"][0]
-    return np.asarray(output["data"], dtype=np.float32).reshape(output["shape"])
 
 
 def plain_spec(version: int, replicas: int, **extra: Any) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from modelplane.testing.cluster import wait_for
-from modelplane.testing.router import RouterProcess, write_routes
+from modelplane.testing.router import RouterProcess, infer_body, output_of, write_routes
 from modelplane.testing.runtime import RuntimeProcess, make_mlp, mlp_config, write_model
 
 MAX_BODY = 65536
@@ -37,19 +37,6 @@ def expected(seed: int, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         result: np.ndarray = make_mlp(seed)(torch.from_numpy(x)).numpy()
     return result
-
-
-def infer_body(x: np.ndarray) -> dict[str, Any]:
-    return {
-        "inputs": [
-            {"name": "INPUT__0", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}
-        ]
-    }
-
-
-def output_of(response: httpx.Response) -> np.ndarray:
-    output = response.json()["outputs"][0]
-    return np.asarray(output["data"], dtype=np.float32).reshape(output["shape"])
 
 
 class ResettingBackend:

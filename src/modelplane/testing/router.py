@@ -19,9 +19,25 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import yaml
 
 from modelplane.testing.runtime import free_port
+
+
+def infer_body(x: np.ndarray) -> dict[str, Any]:
+    """A V2 JSON inference request carrying ``x`` as the FP32 input ``INPUT__0``."""
+    return {
+        "inputs": [
+            {"name": "INPUT__0", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}
+        ]
+    }
+
+
+def output_of(response: httpx.Response) -> np.ndarray:
+    """The first output of a V2 JSON inference response, as an array of its shape."""
+    output = response.json()["outputs"][0]
+    return np.asarray(output["data"], dtype=np.float32).reshape(output["shape"])
 
 
 def write_routes(path: Path, models: Mapping[str, Sequence[Mapping[str, Any]]]) -> Path:

@@ -10,7 +10,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,12 +66,22 @@ def operator(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
     server, _ = model_registry
+    with running_operator(cluster_session, server, tmp_path_factory.mktemp("operator")) as process:
+        yield process
+
+
+@contextmanager
+def running_operator(
+    cluster: Cluster, registry: RegistryProcess, log_dir: Path, extra_args: Sequence[str] = ()
+) -> Iterator[OperatorProcess]:
+    """``modelplane operator`` against ``cluster``, resolving from ``registry``; its log tail is
+    printed when it stops (pytest shows it for failed tests)."""
     process = OperatorProcess(
-        kubeconfig=cluster_session.kubeconfig,
-        registry_url=server.url,
+        kubeconfig=cluster.kubeconfig,
+        registry_url=registry.url,
         registry_token=ADMIN_TOKEN,
-        log_path=tmp_path_factory.mktemp("operator") / "operator.log",
-        extra_args=["--artifact-token-secret", ARTIFACT_SECRET],
+        log_path=log_dir / "operator.log",
+        extra_args=["--artifact-token-secret", ARTIFACT_SECRET, *extra_args],
     ).start()
     try:
         yield process
