@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import os
 import signal
@@ -42,6 +41,7 @@ import numpy as np
 
 from modelplane.devcluster import build
 from modelplane.devcluster import cluster as devcluster
+from modelplane.devcluster.kube import Api, ApiError, Credentials
 from modelplane.testing.cluster import Cluster, wait_for
 from modelplane.testing.modeldeployments import md_manifest, wait_ready
 from modelplane.testing.operator import OperatorProcess, register_mlp
@@ -120,12 +120,14 @@ class Load:
         return len(picked), sum(1 for _, ok in picked if not ok), p99
 
 
-def replicas(cluster: Cluster) -> tuple[int, int]:
-    """(spec replicas, ready replicas) of the benchmark's ModelDeployment."""
-    result = cluster.kubectl("get", "modeldeployment", MODEL, "-n", NAMESPACE, "-o", "json", check=False)
-    if result.returncode != 0:
+def replicas(api: Api) -> tuple[int, int]:
+    """(spec replicas, ready replicas) of the benchmark's ModelDeployment (-1, -1 when unreadable)."""
+    try:
+        md: dict[str, Any] = api.get(
+            f"/apis/modelplane.io/v1alpha1/namespaces/{NAMESPACE}/modeldeployments/{MODEL}"
+        )
+    except (ApiError, httpx.HTTPError):
         return -1, -1
-    md: dict[str, Any] = json.loads(result.stdout)
     return int(md["spec"].get("replicas", -1)), int(md.get("status", {}).get("readyReplicas", 0) or 0)
 
 
@@ -159,8 +161,12 @@ def dev_cluster(directory: Path) -> Iterator[Cluster]:
         devcluster.down(directory, report=lambda m: None)
 
 
-def setup(stack: ExitStack, work: Path, args: argparse.Namespace) -> tuple[Cluster, RouterProcess]:
-    """Cluster, registry with the model, CRDs, namespace with the artifact Secret, router, operator."""
+def setup(stack: ExitStack, work: Path, args: argparse.Namespace) -> tuple[Cluster, RouterProcess, float]:
+    """Cluster, registry with the model, CRDs, namespace with the artifact Secret, router, operator.
+
+    Also returns the seconds from applying the ModelDeployment to its first ready replica on the idle
+    cluster: one pod's cold start, the floor under any scale-up time.
+    """
     cluster = stack.enter_context(dev_cluster(work / "cluster"))
     registry = RegistryProcess(
         database_url=f"sqlite:///{work / 'registry.db'}",
@@ -217,8 +223,10 @@ def setup(stack: ExitStack, work: Path, args: argparse.Namespace) -> tuple[Clust
             "stableWindowSeconds": args.stable_window,
         },
     }
+    applied = time.monotonic()
     cluster.apply(md_manifest(MODEL, spec), NAMESPACE)
     wait_ready(cluster, NAMESPACE, MODEL, args.min_replicas, timeout=240)
+    cold_start = time.monotonic() - applied
 
     def answers() -> bool:
         try:
@@ -228,10 +236,10 @@ def setup(stack: ExitStack, work: Path, args: argparse.Namespace) -> tuple[Clust
             return False
 
     wait_for("the model to answer through the router", answers, timeout=60, interval=0.5)
-    return cluster, router
+    return cluster, router, cold_start
 
 
-def run_timeline(cluster: Cluster, router: RouterProcess, args: argparse.Namespace) -> list[dict[str, float]]:
+def run_timeline(api: Api, router: RouterProcess, args: argparse.Namespace) -> list[dict[str, float]]:
     """Idle lead-in, the step, the load, then idle until back at minReplicas (bounded)."""
     path = f"/ns/{NAMESPACE}/v2/models/{MODEL}/infer"
     load = Load(router.url, path, args.clients, bound_s=args.load_seconds + 30)
@@ -239,7 +247,7 @@ def run_timeline(cluster: Cluster, router: RouterProcess, args: argparse.Namespa
     t0 = time.monotonic() + args.lead_seconds  # the step
     load_end = t0 + args.load_seconds
     started = stopped = False
-    tick = time.monotonic()
+    tick = previous = time.monotonic()
     try:
         while True:
             now = time.monotonic()
@@ -250,8 +258,9 @@ def run_timeline(cluster: Cluster, router: RouterProcess, args: argparse.Namespa
                 load.finish()
                 stopped = True
                 load_end = time.monotonic()
-            spec, ready = replicas(cluster)
-            requests, errors, p99 = load.window(now - 1.0, now)
+            spec, ready = replicas(api)
+            requests, errors, p99 = load.window(previous, now)
+            previous = now
             rows.append({
                 "t_s": round(now - t0, 2),
                 "clients": float(args.clients if started and not stopped else 0),
@@ -272,7 +281,7 @@ def run_timeline(cluster: Cluster, router: RouterProcess, args: argparse.Namespa
                 back = spec == args.min_replicas and ready == args.min_replicas
                 if back or now - load_end > args.settle_seconds:
                     break
-            tick += 1.0
+            tick = max(tick + 1.0, time.monotonic())  # a late sample delays the next, no burst
             time.sleep(max(0.0, tick - time.monotonic()))
     finally:
         load.finish()
@@ -286,6 +295,7 @@ def summarize(rows: list[dict[str, float]], args: argparse.Namespace) -> dict[st
     loaded = [r for r in rows if r["clients"] > 0]
     after = [r for r in rows if r["t_s"] >= args.load_seconds]
     to_six = next((r["t_s"] for r in rows if r["t_s"] >= 0 and r["ready_replicas"] >= args.ready_goal), None)
+    asked = next((r["t_s"] for r in rows if r["t_s"] >= 0 and r["spec_replicas"] >= args.ready_goal), None)
     back = next(
         (
             r["t_s"] - args.load_seconds
@@ -297,6 +307,7 @@ def summarize(rows: list[dict[str, float]], args: argparse.Namespace) -> dict[st
         None,
     )
     return {
+        "seconds_to_spec_goal": asked,
         "seconds_to_ready_goal": to_six,
         "peak_spec_replicas": max(int(r["spec_replicas"]) for r in rows),
         "peak_ready_replicas": max(int(r["ready_replicas"]) for r in rows),
@@ -371,11 +382,13 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory(prefix="autoscaling-step-") as tmp, ExitStack() as stack:
-        cluster, router = setup(stack, Path(tmp), args)
-        rows = run_timeline(cluster, router, args)
+        cluster, router, cold_start = setup(stack, Path(tmp), args)
+        api = Api(Credentials.from_kubeconfig(cluster.kubeconfig), timeout=5.0)
+        stack.callback(api.close)
+        rows = run_timeline(api, router, args)
     csv_path = args.out / "autoscaling_step.csv"
     write_csv(rows, csv_path)
-    summary = summarize(rows, args)
+    summary = {"seconds_first_replica_cold_start": round(cold_start, 1), **summarize(rows, args)}
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"wrote {csv_path}")
     for key, value in summary.items():
