@@ -149,8 +149,11 @@ def kubectl_binary() -> str:
 
 
 @contextmanager
-def dev_cluster(directory: Path) -> Iterator[Cluster]:
-    """A dev cluster owned by this process (its agent stops it if this process dies); stopped after."""
+def dev_cluster(directory: Path, keep: bool) -> Iterator[Cluster]:
+    """A dev cluster owned by this process (its agent stops it if this process dies); stopped after.
+
+    ``keep`` leaves its state directory (component and pod logs) in place once stopped.
+    """
     state = devcluster.up(directory, owner_pid=os.getpid(), report=lambda m: print(m, file=sys.stderr))
     try:
         yield Cluster(kubeconfig=state.kubeconfig, kubectl_path=kubectl_binary(), state_dir=directory)
@@ -158,7 +161,7 @@ def dev_cluster(directory: Path) -> Iterator[Cluster]:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # stopping must not be cut short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("stopping the dev cluster", file=sys.stderr)
-        devcluster.down(directory, report=lambda m: None)
+        devcluster.down(directory, keep=keep, report=lambda m: None)
 
 
 def setup(stack: ExitStack, work: Path, args: argparse.Namespace) -> tuple[Cluster, RouterProcess, float]:
@@ -167,7 +170,8 @@ def setup(stack: ExitStack, work: Path, args: argparse.Namespace) -> tuple[Clust
     Also returns the seconds from applying the ModelDeployment to its first ready replica on the idle
     cluster: one pod's cold start, the floor under any scale-up time.
     """
-    cluster = stack.enter_context(dev_cluster(work / "cluster"))
+    state_dir = args.keep_logs if args.keep_logs is not None else work / "cluster"
+    cluster = stack.enter_context(dev_cluster(state_dir, keep=args.keep_logs is not None))
     registry = RegistryProcess(
         database_url=f"sqlite:///{work / 'registry.db'}",
         artifact_root=work / "artifacts",
@@ -320,6 +324,14 @@ def summarize(rows: list[dict[str, float]], args: argparse.Namespace) -> dict[st
     }
 
 
+def shown(path: Path) -> str:
+    """A path as printed: relative to the repository when inside it (output that gets recorded)."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
 def write_csv(rows: list[dict[str, float]], path: Path) -> None:
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
@@ -377,6 +389,12 @@ def main() -> None:
     parser.add_argument("--ready-goal", type=int, default=6, help="ready replicas the step should reach")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument(
+        "--keep-logs",
+        type=Path,
+        metavar="DIR",
+        help="run the dev cluster in DIR (new or empty) and keep its component and pod logs there",
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _interrupt)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -390,7 +408,7 @@ def main() -> None:
     write_csv(rows, csv_path)
     summary = {"seconds_first_replica_cold_start": round(cold_start, 1), **summarize(rows, args)}
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"wrote {csv_path}")
+    print(f"wrote {shown(csv_path)}")
     for key, value in summary.items():
         print(f"{key}: {value}")
     goal = summary["seconds_to_ready_goal"]
@@ -405,7 +423,7 @@ def main() -> None:
             f"min {args.min_replicas} max {args.max_replicas}"
         )
         plot(csv_path, png, title)
-        print(f"wrote {png}")
+        print(f"wrote {shown(png)}")
 
 
 if __name__ == "__main__":
