@@ -18,7 +18,8 @@ import pytest
 import tritonclient.http as httpclient
 import yaml
 
-from modelplane.operator.children import OperatorSettings
+from modelplane.operator.api.v1alpha1 import ModelDeploymentSpec
+from modelplane.operator.children import OperatorSettings, replicas_for
 from modelplane.testing.cluster import Cluster, wait_for
 from modelplane.testing.modeldeployments import (
     condition,
@@ -355,7 +356,8 @@ def test_modeldeployment_examples_work_as_written(
     assert document["kind"] == "ModelDeployment"
     cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / example))
     spec = document["spec"]
-    replicas = spec.get("replicas", spec.get("autoscaling", {}).get("minReplicas", 1))
+    # What the example asks for: spec.replicas (default 1) within its autoscaling bounds.
+    replicas = replicas_for(ModelDeploymentSpec.model_validate(spec), "stable")
     md = wait_ready(cluster, namespace, document["metadata"]["name"], replicas=replicas)
     canary = spec.get("traffic", {}).get("canary")
     if canary:
