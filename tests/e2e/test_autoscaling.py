@@ -238,7 +238,7 @@ def test_scale_up_blocked_by_gpus_holds_and_does_not_thrash(
             "mode": "builtin",
             "minReplicas": 1,
             "maxReplicas": 4,
-            "targetConcurrency": 0.5,  # 6 clients ask for all 4 even when a loaded machine slows them
+            "targetConcurrency": 0.5,  # 8 clients ask for all 4 even when a loaded machine slows them
             "stableWindowSeconds": 6,
             "scaleDownDelaySeconds": 0,
         },
@@ -250,7 +250,7 @@ def test_scale_up_blocked_by_gpus_holds_and_does_not_thrash(
         timeout=240,
     )
     history: list[int] = []
-    with Load(router, serving_namespace, "big", workers=6, bound_s=300) as load:
+    with Load(router, serving_namespace, "big", workers=8, bound_s=300) as load:
         wait_for(
             "InsufficientGPU while load asks for more replicas",
             lambda: (
