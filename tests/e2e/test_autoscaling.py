@@ -239,8 +239,8 @@ def test_scale_up_blocked_by_gpus_holds_and_does_not_thrash(
             "minReplicas": 1,
             "maxReplicas": 4,
             "targetConcurrency": 0.5,  # 8 clients ask for all 4 even when a loaded machine slows them
-            "stableWindowSeconds": 6,
-            "scaleDownDelaySeconds": 0,
+            # The default windows (stable 60 s, scale-down delay 30 s): a 1 Hz sample of in-flight
+            # requests is noisy, and a 6 s stable window with no delay would follow the noise down.
         },
     }
     cluster.apply(md_manifest("big", spec), serving_namespace)
