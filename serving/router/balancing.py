@@ -14,6 +14,7 @@ import hashlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 
 @dataclass
@@ -27,9 +28,22 @@ class Endpoint:
     consecutive_failures: int = 0
     ejections: int = 0
     ejected_until: float = 0.0
+    authority: str = field(init=False, repr=False)  # "host:port" of ``http``, what the pool dials
+
+    def __post_init__(self) -> None:
+        self.authority = authority_of(self.http)
 
     def available(self, now: float) -> bool:
         return now >= self.ejected_until
+
+
+def authority_of(url: str) -> str:
+    """``host:port`` of a plain-HTTP base URL (port 80 when absent); ValueError for anything else."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/") or parts.query:
+        raise ValueError(f"{url!r} is not a plain http://HOST:PORT base URL")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{host}:{parts.port or 80}"
 
 
 @dataclass(frozen=True)

@@ -9,34 +9,21 @@ order (stop taking requests, drain, then stop the runtimes).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import socket
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable
 
 import grpc
-import uvicorn
 from prometheus_client import generate_latest
 
 from modelplane.operator.autoscaler.metrics import ModelLoad, parse_router_metrics
 from modelplane.serving.router.activation import ActivationQueue
 from modelplane.serving.router.dispatch import Dispatcher, DispatchSettings
 from modelplane.serving.router.grpc_proxy import GrpcFrontEnd
+from modelplane.serving.router.http_server import HttpServer
 from modelplane.serving.router.metrics import RouterMetrics
 from modelplane.serving.router.proxy import HttpFrontEnd, HttpSettings
 from modelplane.serving.router.routes import ModelRoute, RouteTable
 from modelplane.serving.router.server import apply_routes
-
-
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the embedding program decides when to stop."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-    def install_signal_handlers(self) -> None:
-        return None
 
 
 class LocalRouter:
@@ -66,10 +53,9 @@ class LocalRouter:
         self.http = HttpFrontEnd(
             self.dispatcher, HttpSettings(max_body_bytes=max_body_bytes, request_timeout_s=request_timeout_s)
         )
+        self._http_server = HttpServer(self.http.handle, max_body_bytes=max_body_bytes)
         self.grpc_front = GrpcFrontEnd(self.dispatcher, max_body_bytes, request_timeout_s)
         self._grpc_server: grpc.aio.Server | None = None
-        self._server: _EmbeddedServer | None = None
-        self._task: asyncio.Task[None] | None = None
 
     def set_routes(self, routes: dict[str, ModelRoute]) -> None:
         """Replace the whole table; waiting requests for models that became ready are released."""
@@ -97,32 +83,13 @@ class LocalRouter:
             raise OSError(f"cannot listen on {self._grpc_address}")
         await server.start()
         self._grpc_server = server
-        config = uvicorn.Config(
-            self.http,
-            loop="none",
-            http="httptools",
-            lifespan="on",
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=int(self._drain_timeout_s),
-            timeout_keep_alive=30,
-        )
-        self._server = _EmbeddedServer(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[self._http_socket]))
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-                raise OSError("the router's HTTP server stopped during start-up")
-            await asyncio.sleep(0.02)
+        await self._http_server.listen(sock=self._http_socket)
 
     async def stop(self) -> None:
         """Refuse new requests, let in-flight ones finish (up to the drain timeout), close."""
         self.http.draining = self.grpc_front.draining = True
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._task is not None:
-            with contextlib.suppress(Exception):
-                await self._task
+        await self._http_server.drain(self._drain_timeout_s)
+        await self.http.close()
         if self._grpc_server is not None:
             await self._grpc_server.stop(grace=self._drain_timeout_s)
         await self.grpc_front.close()

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelplane.serving.router.balancing import Backend, Endpoint
+from modelplane.serving.router.balancing import Backend, Endpoint, authority_of
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -112,8 +112,15 @@ def _static_route(name: str, entries: Iterable[Any]) -> ModelRoute:
             raise RoutesError(f"{where}: unknown keys {sorted(unknown)}")
         version = str(entry.get("version", "1"))
         http = entry.get("http")
-        if not isinstance(http, str) or not http.startswith(("http://", "https://")):
-            raise RoutesError(f"{where}: `http` must be an http:// or https:// URL")
+        if not isinstance(http, str):
+            raise RoutesError(f"{where}: `http` must be a URL like http://127.0.0.1:8000")
+        try:
+            authority_of(http)
+        except ValueError:
+            raise RoutesError(
+                f"{where}: `http` must be a plain http://HOST:PORT URL (got {http!r}); the router "
+                "speaks cleartext HTTP/1.1 to runtimes, put TLS between pods in a service mesh"
+            ) from None
         grpc = entry.get("grpc")
         if grpc is not None and not isinstance(grpc, str):
             raise RoutesError(f"{where}: `grpc` must be host:port")

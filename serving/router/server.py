@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import uvicorn
 
 from modelplane.kube import KubeApi, load_connection
 from modelplane.serving.router.activation import ActivationQueue
 from modelplane.serving.router.dispatch import Dispatcher, DispatchSettings
 from modelplane.serving.router.grpc_proxy import GrpcFrontEnd
+from modelplane.serving.router.http_server import HttpServer
 from modelplane.serving.router.kube_discovery import KubernetesDiscovery
 from modelplane.serving.router.metrics import RouterMetrics
 from modelplane.serving.router.proxy import HttpFrontEnd, HttpSettings
@@ -88,48 +89,45 @@ async def serve(options: RouterOptions, activate: Callable[[str], Awaitable[None
 
     http = HttpFrontEnd(
         dispatcher,
-        HttpSettings(
-            max_body_bytes=options.max_body_bytes,
-            request_timeout_s=options.request_timeout_s,
-            body_timeout_s=options.body_timeout_s,
-        ),
+        HttpSettings(max_body_bytes=options.max_body_bytes, request_timeout_s=options.request_timeout_s),
+    )
+    http_server = HttpServer(
+        http.handle, max_body_bytes=options.max_body_bytes, body_timeout_s=options.body_timeout_s
     )
     grpc_front = GrpcFrontEnd(dispatcher, options.max_body_bytes, options.request_timeout_s)
     grpc_server: grpc.aio.Server | None = None
-    if options.grpc_port is not None:
-        grpc_server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", options.max_body_bytes),
-                ("grpc.max_send_message_length", options.max_body_bytes),
-            ]
-        )
-        grpc_server.add_generic_rpc_handlers((grpc_front.handler(),))
-        grpc_server.add_insecure_port(f"{options.host}:{options.grpc_port}")
-        await grpc_server.start()
-    config = uvicorn.Config(
-        http,
-        host=options.host,
-        port=options.port,
-        loop="none",
-        http="httptools",
-        lifespan="on",
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=int(options.drain_timeout_s),
-        timeout_keep_alive=30,
-        proxy_headers=False,  # the router is the edge it reports on; no X-Forwarded-* rewriting
-        server_header=False,
-    )
-    server = uvicorn.Server(config)
-    log.info("router listening on %s:%s (HTTP) and %s (gRPC)", options.host, options.port, options.grpc_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     try:
-        await server.serve()
+        await http_server.listen(options.host, options.port)
+        if options.grpc_port is not None:
+            grpc_server = grpc.aio.server(
+                options=[
+                    ("grpc.max_receive_message_length", options.max_body_bytes),
+                    ("grpc.max_send_message_length", options.max_body_bytes),
+                ]
+            )
+            grpc_server.add_generic_rpc_handlers((grpc_front.handler(),))
+            grpc_server.add_insecure_port(f"{options.host}:{options.grpc_port}")
+            await grpc_server.start()
+        log.info(
+            "router listening on %s:%s (HTTP) and %s (gRPC)", options.host, options.port, options.grpc_port
+        )
+        await stop.wait()
+        log.info("stopping: draining requests in flight (up to %gs)", options.drain_timeout_s)
     finally:
         http.draining = grpc_front.draining = True
+        drains = [http_server.drain(options.drain_timeout_s)]
         if grpc_server is not None:
-            await grpc_server.stop(grace=options.drain_timeout_s)
+            drains.append(grpc_server.stop(grace=options.drain_timeout_s))
+        await asyncio.gather(*drains)
+        await http.close()
         await grpc_front.close()
         for task in tasks:
             task.cancel()
         if kube is not None:
             await kube.close()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)

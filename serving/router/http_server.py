@@ -1,0 +1,348 @@
+"""The router's HTTP/1.1 server: a raw asyncio protocol over ``httptools``, no ASGI layer.
+
+The router's HTTP side does one thing per request: read it whole, hand it to a handler, write the
+answer. An ASGI server plus framework costs a few hundred microseconds of Python per request in
+message dicts, scope building and send/receive hops; this protocol parses with the same C parser
+uvicorn uses and calls the handler directly. What clients rely on:
+
+- keep-alive and pipelining (answers in request order, one request handled at a time per
+  connection), ``Expect: 100-continue``;
+- limits with clear answers: a body over ``max_body_bytes`` is 413 (from Content-Length before the
+  body is read, or as a chunked body grows), headers over 64 KiB or 100 fields are 431, a request
+  whose headers or body do not arrive within ``body_timeout_s`` is 408 (slow clients cost a timer,
+  not a task), a malformed request is 400; each of these closes the connection;
+- idle keep-alive connections close after ``keep_alive_s``;
+- :meth:`HttpServer.drain` stops accepting, answers in-flight requests with ``Connection: close``,
+  closes idle connections and waits (bounded) for the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+
+import httptools
+
+log = logging.getLogger("modelplane.router.http")
+
+MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADER_COUNT = 100
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: bytes
+    headers: list[tuple[bytes, bytes]]  # names lower-case, in order received
+    body: bytes
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # without content-length
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def json_response(status: int, payload: object, headers: list[tuple[bytes, bytes]] | None = None) -> Response:
+    body = json.dumps(payload).encode()
+    return Response(status, body, [(b"content-type", b"application/json"), *(headers or [])])
+
+
+def error_response(status: int, message: str, retry_after: int | None = None) -> Response:
+    """The V2 error form: ``{"error": message}``."""
+    extra = [(b"retry-after", str(retry_after).encode())] if retry_after is not None else []
+    return json_response(status, {"error": message}, extra)
+
+
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+
+
+def encode_response(response: Response, keep_alive: bool, head_only: bool = False) -> bytes:
+    status = response.status
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
+    for name, value in response.headers:
+        parts.append(name + b": " + value + b"\r\n")
+    parts.append(b"content-length: %d\r\n" % len(response.body))
+    if not keep_alive:
+        parts.append(b"connection: close\r\n")
+    parts.append(b"\r\n")
+    if not head_only:
+        parts.append(response.body)
+    return b"".join(parts)
+
+
+class _RequestRejectedError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection: parse requests, run the handler for each in order, write answers."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.pending: deque[tuple[Request, bool]] = deque()
+        self.active: asyncio.Task[None] | None = None
+        self.closing = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._reset_message()
+
+    def _reset_message(self) -> None:
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._in_message = False
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.server.connections.add(self)
+        self._arm(self.server.keep_alive_s, self._idle_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except _RequestRejectedError as exc:
+            self._reject(exc.status, exc.message)
+        except httptools.HttpParserUpgrade:
+            self._reject(400, "protocol upgrades are not supported")
+        except httptools.HttpParserError as exc:
+            self._reject(400, f"malformed HTTP request: {exc}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self._disarm()
+        self.server.connections.discard(self)
+        if self.active is not None and not self.active.done():
+            self.active.cancel()  # the client left: stop waiting for its answer
+        self.pending.clear()
+
+    # -- httptools callbacks ------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._reset_message()
+        self._in_message = True
+        self._arm(self.server.body_timeout_s, self._body_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count_header_bytes(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+        self._count_header_bytes(len(name) + len(value))
+        if len(self._headers) > MAX_HEADER_COUNT:
+            raise _RequestRejectedError(431, f"more than {MAX_HEADER_COUNT} header fields")
+
+    def _count_header_bytes(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise _RequestRejectedError(431, f"request line and headers exceed {MAX_HEADER_BYTES} bytes")
+
+    def on_headers_complete(self) -> None:
+        limit = self.server.max_body_bytes
+        expect_continue = False
+        for name, value in self._headers:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    raise _RequestRejectedError(400, "invalid Content-Length") from None
+                if declared > limit:
+                    raise _RequestRejectedError(
+                        413, f"request body of {declared} bytes exceeds the limit of {limit}"
+                    )
+            elif name == b"expect" and value.lower() == b"100-continue":
+                expect_continue = True
+        if expect_continue and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self.server.max_body_bytes:
+            raise _RequestRejectedError(
+                413, f"request body exceeds the limit of {self.server.max_body_bytes} bytes"
+            )
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        self._in_message = False
+        parsed = httptools.parse_url(self._url)
+        path = parsed.path.decode("latin-1")
+        request = Request(
+            method=self.parser.get_method().decode("latin-1"),
+            path=path,
+            query=parsed.query or b"",
+            headers=self._headers,
+            body=b"".join(self._body),
+        )
+        keep_alive = self.parser.should_keep_alive()
+        self._reset_message()
+        if self.active is None:
+            self._start(request, keep_alive)
+        else:  # pipelined: answer in order, stop reading until the backlog is done
+            self.pending.append((request, keep_alive))
+            if self.transport is not None:
+                self.transport.pause_reading()
+
+    # -- handling -----------------------------------------------------------------------------------
+
+    def _start(self, request: Request, keep_alive: bool) -> None:
+        self.server.in_flight += 1
+        self.active = self.loop.create_task(self._handle(request, keep_alive))
+
+    async def _handle(self, request: Request, keep_alive: bool) -> None:
+        try:
+            try:
+                response = await self.server.handler(request)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("unhandled error answering %s %s", request.method, request.path)
+                response = error_response(500, "internal router error; see the router's log")
+            keep_alive = keep_alive and not self.server.draining
+            if self.transport is not None and not self.closing:
+                self.transport.write(encode_response(response, keep_alive, request.method == "HEAD"))
+        finally:
+            self.server.finished()
+            self.active = None
+        if not keep_alive:
+            self._close()
+            return
+        if self.pending:
+            self._start(*self.pending.popleft())
+            if not self.pending and self.transport is not None and not self.closing:
+                self.transport.resume_reading()
+        elif self._in_message:  # the next request is still arriving: its time limit starts now
+            self._arm(self.server.body_timeout_s, self._body_timeout)
+        else:
+            self._arm(self.server.keep_alive_s, self._idle_timeout)
+
+    # -- timers and closing -------------------------------------------------------------------------
+
+    def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, callback)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _idle_timeout(self) -> None:
+        if self.active is None and not self._in_message:
+            self._close()
+
+    def _body_timeout(self) -> None:
+        if self.active is None and self._in_message:
+            self._reject(408, f"request not received within {self.server.body_timeout_s:g}s")
+
+    def _reject(self, status: int, message: str) -> None:
+        """Answer a request the router will not read to the end, and close the connection."""
+        if self.transport is not None and not self.closing and self.active is None:
+            self.transport.write(encode_response(error_response(status, message), keep_alive=False))
+        self._close()
+
+    def _close(self) -> None:
+        self.closing = True
+        self._disarm()
+        if self.transport is not None:
+            self.transport.close()
+
+    def close_if_idle(self) -> None:
+        if self.active is None and not self._in_message:
+            self._close()
+
+
+class HttpServer:
+    """Listening sockets and the connections they accepted."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        max_body_bytes: int = 64 * 1024 * 1024,
+        body_timeout_s: float = 30.0,
+        keep_alive_s: float = 30.0,
+    ) -> None:
+        self.handler = handler
+        self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
+        self.keep_alive_s = keep_alive_s
+        self.connections: set[HttpConnection] = set()
+        self.in_flight = 0
+        self.draining = False
+        self._quiet = asyncio.Event()  # set whenever the last request in flight finishes
+        self._servers: list[asyncio.Server] = []
+
+    async def listen(
+        self, host: str | None = None, port: int = 0, sock: socket.socket | None = None
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        if sock is not None:
+            server = await loop.create_server(lambda: HttpConnection(self), sock=sock, backlog=1024)
+        else:
+            server = await loop.create_server(
+                lambda: HttpConnection(self), host, port, backlog=1024, reuse_address=True
+            )
+        self._servers.append(server)
+
+    def finished(self) -> None:
+        self.in_flight -= 1
+        if not self.in_flight:
+            self._quiet.set()
+
+    @property
+    def ports(self) -> list[int]:
+        return [s.getsockname()[1] for server in self._servers for s in server.sockets]
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop accepting; let requests in flight finish (their answers close the connection)."""
+        self.draining = True
+        for server in self._servers:
+            server.close()
+        for connection in list(self.connections):
+            connection.close_if_idle()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while self.in_flight:
+                    self._quiet.clear()
+                    await self._quiet.wait()
+        for connection in list(self.connections):
+            connection._close()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
