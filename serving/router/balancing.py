@@ -14,6 +14,7 @@ import hashlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from urllib.parse import urlsplit
 
 
@@ -28,10 +29,11 @@ class Endpoint:
     consecutive_failures: int = 0
     ejections: int = 0
     ejected_until: float = 0.0
-    authority: str = field(init=False, repr=False)  # "host:port" of ``http``, what the pool dials
 
-    def __post_init__(self) -> None:
-        self.authority = authority_of(self.http)
+    @cached_property
+    def authority(self) -> str:
+        """``host:port`` of ``http``: what the connection pool dials."""
+        return authority_of(self.http)
 
     def available(self, now: float) -> bool:
         return now >= self.ejected_until

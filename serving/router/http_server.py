@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import cast
 
 import httptools
 
@@ -121,8 +122,7 @@ class HttpConnection(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -134,12 +134,15 @@ class HttpConnection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
-        except _RequestRejectedError as exc:
-            self._reject(exc.status, exc.message)
         except httptools.HttpParserUpgrade:
             self._reject(400, "protocol upgrades are not supported")
         except httptools.HttpParserError as exc:
-            self._reject(400, f"malformed HTTP request: {exc}")
+            # A limit raised inside a callback reaches here wrapped by the parser.
+            cause = exc.__context__ if isinstance(exc.__context__, _RequestRejectedError) else None
+            if cause is not None:
+                self._reject(cause.status, cause.message)
+            else:
+                self._reject(400, f"malformed HTTP request: {exc}")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -172,6 +175,8 @@ class HttpConnection(asyncio.Protocol):
             raise _RequestRejectedError(431, f"request line and headers exceed {MAX_HEADER_BYTES} bytes")
 
     def on_headers_complete(self) -> None:
+        if self.parser.should_upgrade():
+            raise _RequestRejectedError(400, "protocol upgrades are not supported")
         limit = self.server.max_body_bytes
         expect_continue = False
         for name, value in self._headers:
@@ -308,9 +313,7 @@ class HttpServer:
         self._quiet = asyncio.Event()  # set whenever the last request in flight finishes
         self._servers: list[asyncio.Server] = []
 
-    async def listen(
-        self, host: str | None = None, port: int = 0, sock: socket.socket | None = None
-    ) -> None:
+    async def listen(self, host: str | None = None, port: int = 0, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
         if sock is not None:
             server = await loop.create_server(lambda: HttpConnection(self), sock=sock, backlog=1024)

@@ -1,0 +1,223 @@
+"""The router's HTTP/1.1 server and backend pool over real loopback sockets.
+
+What clients and runtimes rely on beyond routing: keep-alive, pipelining in order, 100-continue,
+clear limits (413, 431, 408, 400) that close only the offending connection, reuse of backend
+connections, and a transparent second attempt when a runtime closed an idle keep-alive connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from modelplane.serving.router.http_server import HttpServer, Request, Response
+from modelplane.serving.router.upstream import (
+    UpstreamConnectionError,
+    UpstreamPool,
+    UpstreamProtocolError,
+    encode_request,
+)
+
+
+async def echo(request: Request) -> Response:
+    if request.path == "/slow":
+        await asyncio.sleep(0.2)
+    body = f"{request.method} {request.path} {request.query.decode()} {len(request.body)}".encode()
+    return Response(200, body, [(b"content-type", b"text/plain")])
+
+
+@contextlib.asynccontextmanager
+async def serving(**limits: float) -> AsyncIterator[tuple[HttpServer, int]]:
+    server = HttpServer(echo, **limits)  # type: ignore[arg-type]
+    await server.listen("127.0.0.1", 0)
+    try:
+        yield server, server.ports[0]
+    finally:
+        await server.drain(1.0)
+
+
+async def exchange(port: int, data: bytes, answers: int = 1) -> bytes:
+    """Send raw bytes and read until `answers` complete responses or the server closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    received = b""
+    try:
+        async with asyncio.timeout(5):
+            while received.count(b"HTTP/1.1 ") - received.count(b"HTTP/1.1 100") < answers:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                received += chunk
+            await asyncio.sleep(0.05)  # let the last body arrive
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    received += await reader.read(65536)
+    finally:
+        writer.close()
+    return received
+
+
+async def test_keep_alive_pipelining_answers_in_request_order() -> None:
+    async with serving() as (_, port):
+        requests = b"".join(
+            f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for path in ("/slow", "/a?q=1", "/b")
+        )
+        answer = await exchange(port, requests, answers=3)
+    bodies = [part.split(b"\r\n\r\n", 1)[1][:20] for part in answer.split(b"HTTP/1.1 200 OK\r\n")[1:]]
+    assert [b.split(b" ")[1] for b in bodies] == [b"/slow", b"/a", b"/b"]
+    assert b"GET /a q=1 0" in answer
+
+
+async def test_expect_100_continue_then_the_answer() -> None:
+    async with serving() as (_, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"hello")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 OK")
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n", b"413"),
+        (b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n7d0\r\n" + b"a" * 2000, b"413"),
+        (b"GET /x HTTP/1.1\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(150)) + b"\r\n", b"431"),
+        (b"GET /x HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * 70000 + b"\r\n\r\n", b"431"),
+        (b"GET /x HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n", b"400"),
+        (b"NOT-HTTP\r\n\r\n", b"400"),
+        (b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", b"400"),
+    ],
+    ids=["too-large", "chunked-too-large", "header-count", "header-bytes", "bad-length", "junk", "upgrade"],
+)
+async def test_bad_requests_get_a_clear_status_and_the_connection_closes(data: bytes, status: bytes) -> None:
+    async with serving(max_body_bytes=1000) as (server, port):
+        answer = await exchange(port, data)
+        assert answer.startswith(b"HTTP/1.1 " + status), answer[:200]
+        assert b"connection: close" in answer
+        assert b'{"error": ' in answer
+        # Other clients are unaffected.
+        assert (await exchange(port, b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        assert server.in_flight == 0
+
+
+async def test_stalled_headers_and_bodies_get_408_and_idle_connections_close() -> None:
+    async with serving(body_timeout_s=0.3, keep_alive_s=0.3) as (_, port):
+        stalled_body = await exchange(port, b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{")
+        stalled_head = await exchange(port, b"POST /x HTTP/1.1\r\nHost: x\r\n")
+        assert stalled_body.startswith(b"HTTP/1.1 408")
+        assert stalled_head.startswith(b"HTTP/1.1 408")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # idle: closed without a word
+        writer.close()
+
+
+async def test_drain_finishes_requests_in_flight_with_connection_close() -> None:
+    server = HttpServer(echo)
+    await server.listen("127.0.0.1", 0)
+    port = server.ports[0]
+    pending = asyncio.create_task(exchange(port, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"))
+    await asyncio.sleep(0.05)
+    await server.drain(5.0)
+    answer = await pending
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert b"connection: close" in answer
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", port)
+
+
+# -- the backend pool -------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def backend(close_after_each: bool = False) -> AsyncIterator[tuple[int, list[int]]]:
+    """A tiny keep-alive HTTP server; ``connections`` counts accepted connections."""
+    connections: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                body = await reader.readexactly(length)
+                payload = head.split(b"\r\n")[0] + b"|" + body
+                extra = b"Connection: close\r\n" if close_after_each else b""
+                head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%b\r\n" % (len(payload), extra)
+                writer.write(head + payload)
+                await writer.drain()
+                if close_after_each:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], connections
+    finally:
+        server.close()
+
+
+async def test_pool_reuses_connections_and_strips_hop_by_hop_headers() -> None:
+    pool = UpstreamPool()
+    async with backend() as (port, connections):
+        for i in range(5):
+            answer = await pool.request(
+                f"127.0.0.1:{port}", "POST", f"/v2/models/m/infer?i={i}", [(b"connection", b"x")], b"{}"
+            )
+            assert answer.status == 200
+            assert answer.body == f"POST /v2/models/m/infer?i={i} HTTP/1.1|{{}}".encode()
+            assert all(name != b"content-length" for name, _ in answer.headers)
+        assert len(connections) == 1
+    await pool.close()
+
+
+async def test_pool_resends_once_when_the_backend_closed_an_idle_connection() -> None:
+    pool = UpstreamPool()
+    async with backend(close_after_each=True) as (port, connections):
+        for _ in range(3):
+            assert (await pool.request(f"127.0.0.1:{port}", "GET", "/", [], b"")).status == 200
+        assert len(connections) == 3
+    await pool.close()
+
+
+async def test_pool_errors_say_whether_a_retry_elsewhere_is_safe() -> None:
+    pool = UpstreamPool(connect_timeout_s=1.0, request_timeout_s=0.3)
+    with pytest.raises(UpstreamConnectionError, match="cannot connect"):
+        await pool.request("127.0.0.1:1", "GET", "/", [], b"")
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(5)
+
+    async def half(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+        await writer.drain()
+        writer.close()
+
+    for handler, error in ((silent, TimeoutError), (half, UpstreamProtocolError)):
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        with pytest.raises(error):
+            await pool.request(f"127.0.0.1:{port}", "GET", "/", [], b"")
+        server.close()
+    await pool.close()
+
+
+def test_encoded_requests_carry_our_host_and_length_only() -> None:
+    data = encode_request(
+        "POST", "10.0.0.1:8000", "/p", [(b"host", b"evil"), (b"content-length", b"1"), (b"x-a", b"1")], b"ab"
+    )
+    assert data == b"POST /p HTTP/1.1\r\nhost: 10.0.0.1:8000\r\ncontent-length: 2\r\nx-a: 1\r\n\r\nab"
