@@ -6,8 +6,8 @@ proxy with keep-alive to the same backend (Debian package ``nginx-light`` or ``n
 with a message when not installed). REST load comes from ``wrk`` pinned to the last CPU, at each
 concurrency, in rotating order over several rounds (the median round is reported). Reported per
 point: req/s, p50/p99, added p50 over direct, throughput ratio, and the router's CPU seconds per
-1,000 requests (from ``/proc``), the figure that carries to machines where the router and the
-runtime do not share cores.
+1,000 requests (from ``/proc``; nginx's too), the figure that carries to machines where the proxy
+and the runtime do not share cores.
 
     .venv/bin/python benchmarks/router_overhead.py --duration 10 --rounds 3
 """
@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -71,7 +73,8 @@ def nginx_binary() -> str | None:
 
 
 @contextlib.contextmanager
-def running_nginx(binary: str, backend: str, work: Path) -> Iterator[int]:
+def running_nginx(binary: str, backend: str, work: Path) -> Iterator[tuple[int, int]]:
+    """nginx in the foreground; yields its port and the master's pid."""
     port = free_port()
     work.mkdir(parents=True, exist_ok=True)
     conf = work / "nginx.conf"
@@ -86,10 +89,24 @@ def running_nginx(binary: str, backend: str, work: Path) -> Iterator[int]:
             time.sleep(0.1)
         else:
             raise SystemExit(f"nginx did not start: {(work / 'nginx-error.log').read_text(errors='replace')}")
-        yield port
+        yield port, process.pid
     finally:
         process.terminate()
         process.wait(10)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children (nginx's master and worker), from ``/proc``."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{current}/stat").read_text().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+            pending.extend(int(child) for child in children)
+    return total
 
 
 def check(port: int) -> None:
@@ -136,8 +153,11 @@ def main() -> None:
         router = RouterProcess(log_path=work / "router.log", routes=routes).start()
         stack.callback(router.stop)
         targets = {"direct": runtime.http_port, "router": router.port}
+        cpu_of = {"router": router.cpu_seconds}
         if nginx is not None:
-            targets["nginx"] = stack.enter_context(running_nginx(nginx, runtime.http_address, work / "nginx"))
+            port, pid = stack.enter_context(running_nginx(nginx, runtime.http_address, work / "nginx"))
+            targets["nginx"] = port
+            cpu_of["nginx"] = functools.partial(tree_cpu_seconds, pid)
         for port in targets.values():
             check(port)
             run_wrk(port, 8, args.warmup)
@@ -147,11 +167,12 @@ def main() -> None:
             for c in levels:
                 order = names[round_index % len(names) :] + names[: round_index % len(names)]
                 for name in order:
-                    cpu_before = router.cpu_seconds()
+                    proxy_cpu = cpu_of.get(name)
+                    cpu_before = proxy_cpu() if proxy_cpu else 0.0
                     point = run_wrk(targets[name], c, args.duration)
-                    cpu = router.cpu_seconds() - cpu_before
-                    if name == "router":
-                        point["router_cpu_s_per_1k"] = cpu / max(point["rps"] * args.duration, 1) * 1000
+                    if proxy_cpu is not None:
+                        cpu = proxy_cpu() - cpu_before
+                        point["proxy_cpu_s_per_1k"] = cpu / max(point["rps"] * args.duration, 1) * 1000
                     raw[name][c].append(point)
                     print(f"  round {round_index + 1} {name:7} c={c:<3} {json.dumps(point)}", flush=True)
     results = {n: {c: median(runs) for c, runs in points.items()} for n, points in raw.items()}
@@ -190,8 +211,8 @@ def report(results: dict[str, dict[int, dict[str, float]]], levels: list[int]) -
                 f"added p99 {p['p99_ms'] - d['p99_ms']:+7.3f} ms  "
                 f"throughput {p['rps'] / max(d['rps'], 1e-9):5.2f}x direct"
             )
-            if name == "router":
-                line += f"  router CPU {p['router_cpu_s_per_1k']:.3f} s per 1,000 requests"
+            if "proxy_cpu_s_per_1k" in p:
+                line += f"  {name} CPU {p['proxy_cpu_s_per_1k']:.3f} s per 1,000 requests"
             if name == "router" and "nginx" in results:
                 nginx_added = results["nginx"][c]["p50_ms"] - d["p50_ms"]
                 line += f"  added p50 vs nginx's {added:.3f}/{max(nginx_added, 1e-3):.3f} ms"
