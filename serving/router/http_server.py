@@ -308,7 +308,9 @@ class HttpServer:
         self._quiet = asyncio.Event()  # set whenever the last request in flight finishes
         self._servers: list[asyncio.Server] = []
 
-    async def listen(self, host: str | None = None, port: int = 0, sock: socket.socket | None = None) -> None:
+    async def listen(
+        self, host: str | None = None, port: int = 0, sock: socket.socket | None = None
+    ) -> None:
         loop = asyncio.get_running_loop()
         if sock is not None:
             server = await loop.create_server(lambda: HttpConnection(self), sock=sock, backlog=1024)
