@@ -2,8 +2,11 @@
 
 The decision is a pure function of the settings, the state carried from the previous step and
 this step's inputs, so it is tested with recorded metric series and no cluster. The operator's
-loop only gathers the inputs (in-flight requests from the routers and runtimes, pod states) and
-writes the result through the scale subresource.
+loop only gathers the inputs (the routers' concurrency, pod states) and writes the result through
+the scale subresource. Each sample is the routers' *time-averaged* concurrency over the last
+scrape interval (``modelplane_router_concurrency_seconds_total``, see ``metrics.py``), so the
+windows below average averages: fast requests no longer make the signal jump between 0 and the
+number of clients from one sample to the next.
 
 The model:
 - concurrency is averaged over a *stable* window (default 60 s) and a short *panic* window
@@ -61,7 +64,8 @@ class Settings:
 
 @dataclass(frozen=True)
 class Sample:
-    """Total in-flight requests for the deployment (all pods plus requests the router holds) at ``time``."""
+    """Requests for the deployment (in flight plus held by the routers), averaged over the scrape interval
+    that ended at ``time``."""
 
     time: float
     concurrency: float

@@ -1,7 +1,8 @@
 """The autoscaling loop of one ModelDeployment: gather inputs, call ``decide``, write the scale.
 
 It runs as a kopf daemon per ModelDeployment with ``autoscaling.mode: builtin``. Each step reads
-the object, the routers' load for it (from the shared :class:`LoadCache`) and its pods, asks the
+the object, the routers' load for it (from the shared :class:`LoadCache`: the average concurrency
+over the last scrape interval, and the requests queued right now) and its pods, asks the
 pure :func:`decide` for the replicas, and writes them through the scale subresource, with an Event
 and the decision in ``status.autoscaler``. Without fresh metrics it does nothing: a scrape outage
 must never look like "no traffic" and scale a busy model to zero.

@@ -1,8 +1,24 @@
-"""Gathering concurrency for the autoscaler: the routers' in-flight and queued requests per model.
+"""Gathering concurrency for the autoscaler: the routers' requests per model, averaged over time.
 
 The routers see every request a model gets (including those held while it is scaled to zero),
-so their gauges are the signal. Each router exposes Prometheus text; the operator scrapes them
-all and sums per model. Scraping is I/O around a pure parser, so the sum is tested on text.
+so they are the signal. Each router exposes Prometheus text; the operator scrapes them all about
+once a second and sums per model.
+
+The figure used is the *time-averaged* concurrency since the previous scrape: each router keeps
+``modelplane_router_concurrency_seconds_total{model}``, the integral over time of its in-flight
+plus queued requests (request-seconds), and ``modelplane_router_uptime_seconds``, the clock that
+integral is read at. Between two scrapes of one router, average concurrency = Δarea / Δt. A point
+sample of the in-flight gauge would instead read whatever happened to be in flight at that instant:
+with fast requests, 8 busy clients read anywhere from 0 to 8 and the autoscaler chases the noise.
+
+The gauges ``modelplane_router_in_flight_requests`` and ``modelplane_router_queued_requests``
+remain the fallback, per router, whenever no interval can be measured: on the first scrape, after
+the router restarted (its uptime or a counter went back, or a model it reported vanished), and for
+routers too old to expose the counter. The queued gauge also stays the activation signal: a
+request waiting now must wake a scaled-to-zero model, whatever the average says.
+
+Scraping is I/O around pure functions (:func:`parse_router_page`, :func:`router_loads`,
+:func:`sum_loads`), so the arithmetic is tested on recorded text.
 """
 
 from __future__ import annotations
@@ -20,37 +36,144 @@ log = logging.getLogger("modelplane.autoscaler")
 
 IN_FLIGHT = "modelplane_router_in_flight_requests"
 QUEUED = "modelplane_router_queued_requests"
+CONCURRENCY_SECONDS = "modelplane_router_concurrency_seconds_total"
+UPTIME = "modelplane_router_uptime_seconds"
 
 
 @dataclass(frozen=True)
 class ModelLoad:
-    """Requests for one model across all routers at one moment."""
+    """Requests for one model across all routers: point-in-time gauges and, where known, the average.
+
+    ``average`` is the mean concurrency over the last scrape interval (``None`` when no router could
+    give one); :attr:`concurrency` prefers it over the instantaneous ``in_flight + queued``.
+    """
 
     in_flight: float = 0.0
     queued: float = 0.0
+    average: float | None = None
 
     @property
     def concurrency(self) -> float:
-        return self.in_flight + self.queued
+        return self.average if self.average is not None else self.in_flight + self.queued
+
+
+@dataclass(frozen=True)
+class RouterPage:
+    """What one router's /metrics says: its gauges, and its concurrency areas when it has them."""
+
+    in_flight: dict[str, float]
+    queued: dict[str, float]
+    areas: dict[str, float] | None = None  # None: the router does not expose the counter
+    uptime: float | None = None
+
+
+def parse_router_page(text: str) -> RouterPage:
+    """Read the autoscaler's metrics from one router's Prometheus text."""
+    in_flight: dict[str, float] = {}
+    queued: dict[str, float] = {}
+    areas: dict[str, float] | None = None
+    uptime: float | None = None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            # Match samples, not families: the parser names a counter's family without ``_total``.
+            if sample.name == UPTIME:
+                uptime = float(sample.value)
+                continue
+            if sample.name == CONCURRENCY_SECONDS:
+                areas = {} if areas is None else areas
+                target = areas
+            elif sample.name == IN_FLIGHT:
+                target = in_flight
+            elif sample.name == QUEUED:
+                target = queued
+            else:
+                continue
+            model = sample.labels.get("model")
+            if model:
+                target[model] = target.get(model, 0.0) + max(0.0, float(sample.value))
+    if areas is None and uptime is not None:
+        areas = {}  # a router that has seen no request yet exposes the clock but no model
+    return RouterPage(in_flight, queued, areas, uptime)
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One router's page and the scraper's clock when it arrived (used when the router has no uptime)."""
+
+    page: RouterPage
+    time: float
+
+
+def _interval(previous: Scrape, current: Scrape) -> float | None:
+    """Seconds between two scrapes of one router, on its own clock where it has one; None if it restarted."""
+    if previous.page.uptime is not None and current.page.uptime is not None:
+        elapsed = current.page.uptime - previous.page.uptime
+    else:
+        elapsed = current.time - previous.time
+    return elapsed if elapsed > 0 else None
+
+
+def router_loads(previous: Scrape | None, current: Scrape) -> dict[str, ModelLoad]:
+    """Per-model load from one router: the average since ``previous`` where measurable, else the gauges."""
+    page = current.page
+    averages = _averages(previous, current)
+    models = set(page.in_flight) | set(page.queued) | set(averages or {})
+    return {
+        model: ModelLoad(
+            page.in_flight.get(model, 0.0),
+            page.queued.get(model, 0.0),
+            None if averages is None else averages.get(model, 0.0),
+        )
+        for model in models
+    }
+
+
+def _averages(previous: Scrape | None, current: Scrape) -> dict[str, float] | None:
+    """Δarea / Δt per model between two scrapes of one router; None when that cannot be measured."""
+    if previous is None or previous.page.areas is None or current.page.areas is None:
+        return None
+    interval = _interval(previous, current)
+    before, now = previous.page.areas, current.page.areas
+    # A counter that went back, or a model that vanished, means the router restarted.
+    if interval is None or any(model not in now or now[model] < area for model, area in before.items()):
+        return None
+    # A model new since the last scrape started from zero within this interval.
+    return {model: (area - before.get(model, 0.0)) / interval for model, area in now.items()}
+
+
+def sum_loads(per_router: Iterable[dict[str, ModelLoad]]) -> dict[str, ModelLoad]:
+    """Sum over routers: gauges add up, and so do the routers' averages (each request is in one router)."""
+    total: dict[str, ModelLoad] = {}
+    for loads in per_router:
+        for model, load in loads.items():
+            seen = total.get(model)
+            if seen is None:
+                total[model] = load
+                continue
+            # A router without an average contributes its gauges to the sum of averages.
+            average = (
+                None if seen.average is None and load.average is None else seen.concurrency + load.concurrency
+            )
+            total[model] = ModelLoad(seen.in_flight + load.in_flight, seen.queued + load.queued, average)
+    return total
 
 
 def parse_router_metrics(texts: Iterable[str]) -> dict[str, ModelLoad]:
-    """Sum in-flight and queued requests per model over several routers' /metrics pages."""
-    in_flight: dict[str, float] = {}
-    queued: dict[str, float] = {}
-    for text in texts:
-        for family in text_string_to_metric_families(text):
-            target = {IN_FLIGHT: in_flight, QUEUED: queued}.get(family.name)
-            if target is None:
-                continue
-            for sample in family.samples:
-                model = sample.labels.get("model")
-                if model:
-                    target[model] = target.get(model, 0.0) + max(0.0, float(sample.value))
-    return {
-        model: ModelLoad(in_flight.get(model, 0.0), queued.get(model, 0.0))
-        for model in set(in_flight) | set(queued)
-    }
+    """Point-in-time in-flight and queued requests per model over several routers' /metrics pages."""
+    return sum_loads(router_loads(None, Scrape(parse_router_page(text), 0.0)) for text in texts)
+
+
+@dataclass
+class ConcurrencyAverager:
+    """Remembers each router's previous scrape, so each new one yields the average since then."""
+
+    previous: dict[str, Scrape] = field(default_factory=dict)
+
+    def update(self, pages: dict[str, Scrape]) -> dict[str, ModelLoad]:
+        """The summed load for this round of scrapes (routers not scraped this round are skipped)."""
+        loads = [router_loads(self.previous.get(url), scrape) for url, scrape in pages.items()]
+        self.previous.update(pages)
+        return sum_loads(loads)
 
 
 @dataclass
@@ -62,22 +185,30 @@ class LoadCache:
     loads: dict[str, ModelLoad] = field(default_factory=dict)
     updated: float = 0.0
     errors: int = 0
+    averager: ConcurrencyAverager = field(default_factory=ConcurrencyAverager)
 
     def fresh(self, now: float, max_age_s: float = 10.0) -> bool:
         return now - self.updated <= max_age_s
 
     async def scrape_once(self, client: httpx.AsyncClient) -> None:
-        results = await asyncio.gather(*(client.get(url) for url in self.urls), return_exceptions=True)
-        texts = []
+        results = await asyncio.gather(*(self._get(client, url) for url in self.urls), return_exceptions=True)
+        pages: dict[str, Scrape] = {}
         for url, result in zip(self.urls, results, strict=True):
-            if isinstance(result, BaseException) or result.status_code != 200:
+            if isinstance(result, BaseException):
                 self.errors += 1
                 log.warning("cannot scrape router metrics at %s: %s", url, result)
                 continue
-            texts.append(result.text)
-        if texts or not self.urls:
-            self.loads = parse_router_metrics(texts)
+            pages[url] = result
+        if pages or not self.urls:
+            self.loads = self.averager.update(pages)
             self.updated = time.monotonic()
+
+    @staticmethod
+    async def _get(client: httpx.AsyncClient, url: str) -> Scrape:
+        response = await client.get(url)
+        if response.status_code != 200:
+            raise RuntimeError(f"HTTP {response.status_code}")
+        return Scrape(parse_router_page(response.text), time.monotonic())
 
     async def run(self) -> None:
         async with httpx.AsyncClient(timeout=2.0, trust_env=False) as client:

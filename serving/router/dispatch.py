@@ -5,6 +5,10 @@ activation when the model is scaled to zero, picks the version and an endpoint, 
 front end's ``call`` on it, and retries on another endpoint when the call fails to connect or
 the answer says "unavailable", within the retry budget. Failures come back as
 :class:`RequestError` with an HTTP-style status that each front end maps to its own codes.
+
+Every request is counted while it waits for activation (queued) and while a call to an endpoint
+is in flight, both in the point-in-time gauges and in the model's concurrency integrator (whose
+time average is the autoscaler's signal).
 """
 
 from __future__ import annotations
@@ -108,6 +112,7 @@ class Dispatcher:
         if not endpoints:
             raise RequestError(404, f"model {model!r} has no version {chosen!r}")
         self.budget.deposit()
+        load = self.metrics.model_concurrency(route.name)
         tried: set[str] = set()
         last_error = "no endpoint"
         for attempt in range(self.settings.max_attempts):
@@ -122,6 +127,7 @@ class Dispatcher:
             tried.add(endpoint.key)
             endpoint.outstanding += 1
             self.metrics.model_in_flight(route.name).inc()
+            load.add(1)
             try:
                 result = await call(route, endpoint, chosen)
             except BackendUnavailableError as exc:
@@ -134,6 +140,7 @@ class Dispatcher:
             finally:
                 endpoint.outstanding -= 1
                 self.metrics.model_in_flight(route.name).dec()
+                load.add(-1)
             self._record(route, endpoint, not failed(result), endpoints)
             if unavailable(result) and attempt + 1 < self.settings.max_attempts:
                 last_error = f"{endpoint.key} is unavailable"
@@ -149,6 +156,8 @@ class Dispatcher:
 
     async def _await_activation(self, route: ModelRoute) -> None:
         self.metrics.queued.labels(model=route.name).inc()
+        load = self.metrics.model_concurrency(route.name)
+        load.add(1)
         try:
             await self.activation.wait(route.name)
         except QueueFullError as exc:
@@ -157,6 +166,7 @@ class Dispatcher:
             raise RequestError(503, str(exc), self.settings.retry_after_s) from None
         finally:
             self.metrics.queued.labels(model=route.name).dec()
+            load.add(-1)
 
     def _choose_version(self, route: ModelRoute, sticky: str | None) -> str:
         live = [b for b in route.backends if route.endpoints.get(b.version)]

@@ -10,12 +10,13 @@ order (stop taking requests, drain, then stop the runtimes).
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Awaitable, Callable
 
 import grpc
 from prometheus_client import generate_latest
 
-from modelplane.operator.autoscaler.metrics import ModelLoad, parse_router_metrics
+from modelplane.operator.autoscaler.metrics import ConcurrencyAverager, ModelLoad, Scrape, parse_router_page
 from modelplane.serving.router.activation import ActivationQueue
 from modelplane.serving.router.dispatch import Dispatcher, DispatchSettings
 from modelplane.serving.router.grpc_proxy import GrpcFrontEnd
@@ -43,6 +44,7 @@ class LocalRouter:
     ) -> None:
         self.table = RouteTable()
         self.metrics = RouterMetrics()
+        self._averager = ConcurrencyAverager()
         self.activation = ActivationQueue(activate, queue_size, queue_timeout_s)
         self.dispatcher = Dispatcher(self.table, self.activation, self.metrics, DispatchSettings())
         self._apply = apply_routes(self.table, self.activation)
@@ -62,8 +64,13 @@ class LocalRouter:
         self._apply(routes)
 
     def loads(self) -> dict[str, ModelLoad]:
-        """In-flight and queued requests per model, read the way the operator's autoscaler reads them."""
-        return parse_router_metrics([generate_latest(self.metrics.registry).decode()])
+        """Requests per model, read the way the operator's autoscaler reads them.
+
+        Each call yields the average concurrency since the previous call (the first call: the
+        gauges), so the caller should call it once per autoscaling step.
+        """
+        page = parse_router_page(generate_latest(self.metrics.registry).decode())
+        return self._averager.update({"local": Scrape(page, time.monotonic())})
 
     async def start(self) -> None:
         """Listen on both ports; raises OSError when the gRPC address cannot be bound."""

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import heapq
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from prometheus_client import generate_latest
+
 from modelplane.operator.api.v1alpha1 import AutoscalingSpec
 from modelplane.operator.autoscaler.decide import Decision, Inputs, Sample, Settings, State, decide
+from modelplane.operator.autoscaler.metrics import (
+    ConcurrencyAverager,
+    Scrape,
+    parse_router_metrics,
+    parse_router_page,
+)
+from modelplane.serving.router.metrics import RouterMetrics
 
 STEP = 2.0  # the loop's period, seconds
 
@@ -180,3 +191,68 @@ def test_pods_still_starting_are_not_scaled_away() -> None:
     peak = max(d.desired for _, d, _ in sim.timeline)
     assert peak > 1
     assert all(d.desired == peak for t, d, _ in sim.timeline if t >= 8 and t < 60 - STEP), sim.timeline
+
+
+class _Clock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _record_busy_clients(seconds: int, clients: int = 8, seed: int = 9) -> list[tuple[float, str]]:
+    """The router's /metrics once a second while `clients` loop on fast requests (5-15 ms in the
+    router, 5-35 ms between requests): a seeded event simulation through the router's real metrics,
+    so the text is exactly what a scrape would read."""
+    rng = random.Random(seed)
+    clock = _Clock()
+    metrics = RouterMetrics(clock=clock)
+    gauge, load = metrics.model_in_flight("team/iris"), metrics.model_concurrency("team/iris")
+    events = [(rng.uniform(0.005, 0.035), 1) for _ in range(clients)]
+    heapq.heapify(events)
+    pages = []
+    for second in range(1, seconds + 1):
+        while events[0][0] < second:
+            clock.now, delta = heapq.heappop(events)
+            load.add(delta)
+            if delta > 0:
+                gauge.inc()
+                heapq.heappush(events, (clock.now + rng.uniform(0.005, 0.015), -1))
+            else:
+                gauge.dec()
+                heapq.heappush(events, (clock.now + rng.uniform(0.005, 0.035), 1))
+        clock.now = float(second)
+        pages.append((clock.now, generate_latest(metrics.registry).decode()))
+    return pages
+
+
+def _replicas(s: Settings, series: list[tuple[float, float]]) -> list[int]:
+    """Replicas the loop sets, stepping every STEP seconds on the latest scraped figure."""
+    state, samples, current, out = State(), list[Sample](), 1, []
+    for t, concurrency in series:
+        if t % STEP:
+            continue
+        samples = [x for x in (*samples, Sample(t, concurrency)) if t - x.time < s.stable_window]
+        decision, state = decide(s, state, Inputs(t, tuple(samples), current, ready_pods=current))
+        current = decision.desired
+        out.append(current)
+    return out
+
+
+def test_eight_busy_clients_hold_a_steady_replica_count_on_the_averaged_signal() -> None:
+    pages = _record_busy_clients(70)
+    averager = ConcurrencyAverager()
+    averaged = [
+        (t, averager.update({"router": Scrape(parse_router_page(text), t)})["team/iris"].concurrency)
+        for t, text in pages
+    ]
+    point = [(t, parse_router_metrics([text])["team/iris"].concurrency) for t, text in pages]
+    # The point samples of the in-flight gauge swing over most of their range; the average does not.
+    after_first = [c for _, c in averaged[1:]]
+    assert max(c for _, c in point) - min(c for _, c in point) >= 4
+    assert 2.4 < min(after_first) <= max(after_first) < 2.9
+    # A short window and no scale-down delay: the setting that follows whatever the signal does.
+    s = settings(targetConcurrency=1, stableWindowSeconds=6, scaleDownDelaySeconds=0)
+    on_average = _replicas(s, averaged)
+    assert set(on_average) == {3}  # ceil(2.67 / 1), from the first step to the last
+    assert len(set(_replicas(s, point))) > 1  # the point samples scale up and down on noise

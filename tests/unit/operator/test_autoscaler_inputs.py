@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 from modelplane.operator.autoscaler.loop import count_pods
-from modelplane.operator.autoscaler.metrics import parse_router_metrics
+from modelplane.operator.autoscaler.metrics import (
+    ConcurrencyAverager,
+    Scrape,
+    parse_router_metrics,
+    parse_router_page,
+)
 
 ROUTER_A = """# HELP modelplane_router_in_flight_requests In flight
 # TYPE modelplane_router_in_flight_requests gauge
@@ -30,6 +37,106 @@ def test_load_is_summed_over_routers_per_model() -> None:
 
 def test_no_routers_means_no_load() -> None:
     assert parse_router_metrics([]) == {}
+
+
+def page(uptime: float | None, areas: dict[str, float] | None, in_flight: dict[str, float]) -> str:
+    """A router's /metrics text as the router writes it (areas None: a router without the counter)."""
+    lines = [
+        "# HELP modelplane_router_in_flight_requests In flight",
+        "# TYPE modelplane_router_in_flight_requests gauge",
+    ]
+    lines += [f'modelplane_router_in_flight_requests{{model="{m}"}} {v}' for m, v in in_flight.items()]
+    if areas is not None:
+        lines += [
+            "# HELP modelplane_router_concurrency_seconds Request-seconds",
+            "# TYPE modelplane_router_concurrency_seconds counter",
+        ]
+        lines += [f'modelplane_router_concurrency_seconds_total{{model="{m}"}} {v}' for m, v in areas.items()]
+    if uptime is not None:
+        lines += [
+            "# TYPE modelplane_router_uptime_seconds gauge",
+            f"modelplane_router_uptime_seconds {uptime}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def scrape(text: str, at: float) -> Scrape:
+    return Scrape(parse_router_page(text), at)
+
+
+def test_concurrency_is_the_growth_of_the_area_over_the_routers_own_interval_summed_over_routers() -> None:
+    averager = ConcurrencyAverager()
+    first = averager.update(
+        {
+            "a": scrape(
+                page(10.0, {"team/iris": 100.0, "team/other": 5.0}, {"team/iris": 0, "team/other": 0}), 0
+            ),
+            "b": scrape(page(500.0, {"team/iris": 7.0}, {"team/iris": 1}), 0),
+        }
+    )
+    # First scrape: nothing to difference against, so the gauges (0 + 1) are the figure.
+    assert first["team/iris"].concurrency == 1.0
+    # The scraper's own clock says 3 s (a slow answer); each router's clock says 2 s.
+    second = averager.update(
+        {
+            "a": scrape(
+                page(12.0, {"team/iris": 106.0, "team/other": 5.0}, {"team/iris": 0, "team/other": 0}), 3
+            ),
+            "b": scrape(page(502.0, {"team/iris": 8.0}, {"team/iris": 9}), 3),
+        }
+    )
+    assert second["team/iris"].concurrency == pytest.approx(6.0 / 2 + 1.0 / 2)
+    assert second["team/iris"].in_flight == 9.0  # the gauges are still reported as they are
+    assert second["team/other"].concurrency == 0.0  # idle for the interval, whatever it had before
+
+
+def test_a_router_that_restarted_or_lacks_the_counter_falls_back_to_its_gauges_this_time() -> None:
+    averager = ConcurrencyAverager()
+    averager.update(
+        {
+            "new": scrape(page(100.0, {"m": 50.0}, {"m": 1}), 0),
+            "old": scrape(page(None, None, {"m": 4}), 0),
+        }
+    )
+    # "new" restarted: its clock and its counter went back; "old" never had the counter.
+    loads = averager.update(
+        {
+            "new": scrape(page(1.0, {"m": 0.5}, {"m": 2}), 1),
+            "old": scrape(page(None, None, {"m": 3}), 1),
+        }
+    )
+    assert loads["m"].concurrency == 2.0 + 3.0
+    # The next interval of the restarted router is measured again.
+    loads = averager.update({"new": scrape(page(2.0, {"m": 4.5}, {"m": 5}), 2)})
+    assert loads["m"].concurrency == 4.0
+
+
+def test_a_counter_that_went_back_or_a_model_that_vanished_means_a_restart() -> None:
+    averager = ConcurrencyAverager()
+    averager.update({"r": scrape(page(None, {"m": 50.0, "gone": 3.0}, {"m": 1, "gone": 0}), 0)})
+    # Without an uptime the scraper's clock is used; "gone" vanished, so no difference is trusted.
+    loads = averager.update({"r": scrape(page(None, {"m": 60.0}, {"m": 2}), 1)})
+    assert loads["m"].concurrency == 2.0
+    assert "gone" not in loads
+    loads = averager.update({"r": scrape(page(None, {"m": 55.0}, {"m": 7}), 2)})
+    assert loads["m"].concurrency == 7.0  # counter went down
+    loads = averager.update({"r": scrape(page(None, {"m": 57.0, "new": 0.5}, {"m": 7}), 4)})
+    assert loads["m"].concurrency == 1.0  # and measured again from there
+    assert loads["new"].concurrency == 0.25  # a model first seen within the interval starts from zero
+
+
+def test_a_failed_scrape_is_bridged_by_the_next_one_over_the_longer_interval() -> None:
+    averager = ConcurrencyAverager()
+    averager.update({"r": scrape(page(10.0, {"m": 0.0}, {"m": 0}), 0)})
+    assert averager.update({}) == {}  # this round the router did not answer
+    loads = averager.update({"r": scrape(page(14.0, {"m": 12.0}, {"m": 0}), 4)})
+    assert loads["m"].concurrency == 3.0
+
+
+def test_point_in_time_parsing_ignores_the_counter() -> None:
+    loads = parse_router_metrics([page(5.0, {"m": 1000.0}, {"m": 2})])
+    assert loads["m"].concurrency == 2.0
+    assert loads["m"].average is None
 
 
 def _pod(ready: bool = False, unschedulable: bool = False, deleting: bool = False) -> dict[str, object]:

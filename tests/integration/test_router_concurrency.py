@@ -1,0 +1,111 @@
+"""The router process integrates concurrency: requests held in flight grow its counter by N per second."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from modelplane.operator.autoscaler.metrics import RouterPage, parse_router_page
+from modelplane.testing.cluster import wait_for
+from modelplane.testing.router import RouterProcess, write_routes
+
+HELD = 4
+
+
+class HoldingBackend:
+    """A V2-looking HTTP backend that holds every inference until :meth:`release` (10 s at most)."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+        released = self.released
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                released.wait(10)
+                body = json.dumps({"model_name": "held", "outputs": []}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def release(self) -> None:
+        self.released.set()
+
+    def stop(self) -> None:
+        self.release()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def held_router(tmp_path: Path) -> Iterator[tuple[RouterProcess, HoldingBackend]]:
+    backend = HoldingBackend()
+    routes = write_routes(tmp_path / "routes.yaml", {"held": [{"version": "1", "http": backend.url}]})
+    router = RouterProcess(log_path=tmp_path / "router.log", routes=routes)
+    try:
+        router.start()
+        yield router, backend
+    finally:
+        backend.stop()
+        router.stop()
+        print(f"\n----- router log -----\n{router.log_tail()}")
+
+
+def test_requests_held_in_flight_grow_the_concurrency_counter_by_their_number_per_second(
+    held_router: tuple[RouterProcess, HoldingBackend],
+) -> None:
+    router, backend = held_router
+
+    def page() -> RouterPage:
+        return parse_router_page(router.metrics_text())
+
+    def infer(_: int) -> int:
+        body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
+        return httpx.post(router.url + "/v2/models/held/infer", json=body, timeout=20).status_code
+
+    with ThreadPoolExecutor(HELD) as pool:
+        answers = pool.map(infer, range(HELD))
+        wait_for(
+            f"{HELD} requests in flight",
+            lambda: router.metric("modelplane_router_in_flight_requests", model="held") == HELD,
+            timeout=15,
+        )
+        first = page()
+        threading.Event().wait(2.0)  # hold them about 2 s
+        second = page()
+        backend.release()
+        assert list(answers) == [200] * HELD
+    assert first.areas is not None
+    assert second.areas is not None
+    assert first.uptime is not None
+    assert second.uptime is not None
+    held_for = second.uptime - first.uptime
+    assert held_for >= 1.9
+    # All of them were in flight throughout, so the area grew by exactly HELD times the router's interval.
+    assert second.areas["held"] - first.areas["held"] == pytest.approx(HELD * held_for, rel=1e-6)
+    # Answered, they no longer count: the counter stops growing while the clock goes on.
+    idle = page()
+    assert idle.areas is not None
+    assert idle.uptime is not None
+    later = wait_for(
+        "the router's clock to move", lambda: (p := page()).uptime > idle.uptime and p, timeout=5
+    )
+    assert later.areas == pytest.approx(idle.areas)
