@@ -107,6 +107,7 @@ class RouterProcess:
                 if httpx.get(self.url + "/readyz", timeout=1.0).status_code == 200:
                     return self
             time.sleep(0.1)
+        self.stop(timeout_s=5.0)  # never leave a half-started router behind
         raise RuntimeError(f"the router did not become ready in {timeout_s}s:\n{self.log_tail()}")
 
     def metrics_text(self) -> str:
