@@ -1,13 +1,15 @@
-"""V2 tensor datatypes and their numpy, torch and Triton-config equivalents.
+"""V2 tensor datatypes and their numpy and Triton-config equivalents (torch's: :mod:`.torch_types`).
 
 BF16 has no numpy type: it travels as raw 16-bit words (numpy ``uint16``) and becomes
 ``torch.bfloat16`` by reinterpreting those bits, never by numeric conversion.
+
+No torch import here: the model-preparing init container parses configs with this module, and
+importing torch would add seconds of CPU to every pod start.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 #: V2 datatype name -> numpy dtype used to hold it on the wire.
 NUMPY_DTYPES: dict[str, np.dtype[np.generic]] = {
@@ -26,25 +28,6 @@ NUMPY_DTYPES: dict[str, np.dtype[np.generic]] = {
     "BF16": np.dtype(np.uint16),
 }
 
-#: V2 datatype name -> torch dtype the model sees.
-TORCH_DTYPES: dict[str, torch.dtype] = {
-    "BOOL": torch.bool,
-    "UINT8": torch.uint8,
-    "UINT16": torch.uint16,
-    "UINT32": torch.uint32,
-    "UINT64": torch.uint64,
-    "INT8": torch.int8,
-    "INT16": torch.int16,
-    "INT32": torch.int32,
-    "INT64": torch.int64,
-    "FP16": torch.float16,
-    "FP32": torch.float32,
-    "FP64": torch.float64,
-    "BF16": torch.bfloat16,
-}
-
-#: torch dtype -> V2 datatype name, for outputs whose config does not pin a type.
-V2_FROM_TORCH: dict[torch.dtype, str] = {v: k for k, v in TORCH_DTYPES.items()}
 
 #: Which numpy kinds a JSON tensor of each V2 family may arrive as (``b`` bool, ``i``/``u`` int, ``f`` float).
 JSON_KINDS: dict[str, str] = {

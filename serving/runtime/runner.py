@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from modelplane.serving.runtime.config import ModelSpec
-from modelplane.serving.runtime.datatypes import NUMPY_DTYPES, TORCH_DTYPES
+from modelplane.serving.runtime.datatypes import NUMPY_DTYPES
+from modelplane.serving.runtime.torch_types import TORCH_DTYPES
 
 
 class ModelError(RuntimeError):

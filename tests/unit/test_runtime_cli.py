@@ -33,3 +33,17 @@ def test_missing_model_repository_is_refused(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "does not exist" in result.output
+
+
+def test_preparing_a_model_does_not_import_torch() -> None:
+    """The init container of every serving pod runs prepare-model: torch would add seconds of CPU."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import modelplane.cli.main, modelplane.serving.runtime.prepare\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
