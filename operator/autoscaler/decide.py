@@ -110,11 +110,26 @@ def window_average(samples: tuple[Sample, ...], now: float, window: float) -> fl
     return sum(recent) / len(recent) if recent else 0.0
 
 
+def burst_average(samples: tuple[Sample, ...], now: float, window: float) -> float:
+    """The panic window's mean, counted from the first busy sample when the window began idle.
+
+    A burst after a quiet spell is averaged over the seconds it has lasted, not diluted by the idle
+    seconds still in the window (Knative averages a partly filled window the same way): 28 requests
+    in flight for one second after five idle ones read 28, not 4.7, so the first decision after a
+    step already asks for what the step needs. Trailing idle seconds still count, so the average of
+    a burst that has ended decays as before.
+    """
+    recent = [s.concurrency for s in sorted(samples, key=lambda s: s.time) if now - window < s.time <= now]
+    first_busy = next((i for i, c in enumerate(recent) if c > 0), len(recent))
+    busy = recent[first_busy:]
+    return sum(busy) / len(busy) if busy else 0.0
+
+
 def decide(settings: Settings, state: State, inputs: Inputs) -> tuple[Decision, State]:
     """One autoscaling step: the replicas wanted now, why, and the state for the next step."""
     now = inputs.now
     stable = window_average(inputs.samples, now, settings.stable_window)
-    panic = window_average(inputs.samples, now, settings.panic_window)
+    panic = burst_average(inputs.samples, now, settings.panic_window)
     latest = max(inputs.samples, key=lambda s: s.time).concurrency if inputs.samples else 0.0
     # The idle period counts from the first observation: a new deployment (or a restarted loop)
     # keeps its replicas for the grace period before it may go to zero.

@@ -102,6 +102,20 @@ def test_step_to_32_concurrent_reaches_8_replicas_fast_through_panic_mode() -> N
     assert any(d.panicking for _, d, _ in sim.timeline)
 
 
+def test_a_step_after_idle_asks_for_its_replicas_at_the_first_busy_sample() -> None:
+    # Five idle seconds, then 28 in flight: the panic window averages the burst, not the idle
+    # seconds still in it, so the first decision after the step already asks for ceil(28/4) = 7.
+    samples = (*(Sample(time=float(t), concurrency=0.0) for t in range(5)), Sample(5.0, 28.0))
+    inputs = Inputs(now=5.0, samples=samples, current_replicas=1, ready_pods=1, starting_pods=0)
+    decision, _ = decide(settings(), State(last_traffic=0.0), inputs)
+    assert decision.panicking
+    assert decision.panic_concurrency == 28.0
+    assert decision.desired == 7
+    # The stable window still averages everything it holds: a single busy second after a quiet
+    # minute is not steady load.
+    assert decision.stable_concurrency == 28.0 / 6
+
+
 def test_back_to_min_after_load_stops_plus_window_and_delay_without_thrashing() -> None:
     sim = Simulation(settings(), step_load(10, 130, 32))
     sim.run(until=400)
