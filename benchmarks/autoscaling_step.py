@@ -5,10 +5,11 @@ registry holding a real TorchScript MLP, the CRDs, ``modelplane router --discove
 ``modelplane operator --router-metrics-url ROUTER/metrics`` with the built-in autoscaler, and a
 CPU-only ModelDeployment (``minReplicas: 1``, ``maxReplicas: 8``, ``targetConcurrency: 4``).
 
-Load: ``--clients`` closed-loop client threads (httpx through the router) for ``--load-seconds``,
-then none. Every second the timeline records the desired (spec) and ready replicas, the router's
-in-flight requests for the model, and the clients' requests, errors and p99 latency over that
-second. It stops once replicas are back at ``minReplicas`` (bounded by ``--settle-seconds``).
+Load: ``--clients`` closed-loop clients (coroutines on one loop, through the router) for
+``--load-seconds``, then none. Every second the timeline records the desired (spec) and ready
+replicas, the router's in-flight requests for the model (a point sample) and its mean concurrency
+over that second (the autoscaler's signal), and the clients' requests, errors and p99 latency over
+that second. It stops once replicas are back at ``minReplicas`` (bounded by ``--settle-seconds``).
 
 Writes ``benchmarks/results/autoscaling_step.csv`` and a plot ``autoscaling_step.png`` (matplotlib is
 installed into its own virtualenv under ``benchmarks/.work/`` on first use; ``--no-plot`` skips it),
@@ -21,7 +22,9 @@ end of the load back to ``minReplicas``, total requests and errors (aim 0).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
+import json
 import math
 import os
 import signal
@@ -42,6 +45,8 @@ import numpy as np
 from modelplane.devcluster import build
 from modelplane.devcluster import cluster as devcluster
 from modelplane.devcluster.kube import Api, ApiError, Credentials
+from modelplane.serving.router.balancing import authority_of
+from modelplane.serving.router.upstream import UpstreamPool, UpstreamProtocolError
 from modelplane.testing.cluster import Cluster, wait_for
 from modelplane.testing.modeldeployments import md_manifest, wait_ready
 from modelplane.testing.operator import OperatorProcess, register_mlp
@@ -58,7 +63,7 @@ MODEL = "step"
 ROW = np.random.default_rng(11).standard_normal((1, 64)).astype(np.float32)
 BODY = {"inputs": [{"name": "INPUT__0", "shape": [1, 64], "datatype": "FP32", "data": ROW.ravel().tolist()}]}
 COLUMNS = [
-    "t_s", "clients", "spec_replicas", "ready_replicas", "router_in_flight",
+    "t_s", "clients", "spec_replicas", "ready_replicas", "router_in_flight", "router_concurrency",
     "requests", "errors", "p99_ms",
 ]  # fmt: skip
 
@@ -69,7 +74,13 @@ def _interrupt(signum: int, frame: object) -> None:
 
 @dataclass
 class Load:
-    """Closed-loop client threads through the router; each completion is recorded with its time."""
+    """Closed-loop clients through the router; each completion is recorded with its time.
+
+    ``workers`` coroutines on one event loop in one thread, each with its own keep-alive connection
+    (the router's own lean HTTP/1.1 client). Clients on the machine under test take CPU from the
+    pods being measured; 32 threads of a general-purpose client took a large share of the two
+    cores and slowed every pod start, where one loop costs a fraction of a core.
+    """
 
     url: str
     path: str
@@ -79,36 +90,46 @@ class Load:
     error_samples: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    threads: list[threading.Thread] = field(default_factory=list)
+    thread: threading.Thread | None = None
 
-    def _run(self) -> None:
+    async def _client(self, pool: UpstreamPool, authority: str, deadline: float) -> None:
+        body = json.dumps(BODY).encode()
+        headers = [(b"content-type", b"application/json")]
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            started = time.monotonic()
+            detail = ""
+            try:
+                response = await pool.request(authority, "POST", self.path, headers, body)
+                ok = response.status == 200
+                if not ok:
+                    detail = f"{response.status}: {response.body[:200]!r}"
+            except (OSError, TimeoutError, UpstreamProtocolError) as exc:
+                ok, detail = False, repr(exc)
+            finished = time.monotonic()
+            with self.lock:
+                self.done.append((finished, finished - started, ok))
+                if detail and len(self.error_samples) < 20:
+                    self.error_samples.append(detail)
+            if not ok:
+                await asyncio.sleep(0.01)  # a refused connection must not spin
+
+    async def _main(self) -> None:
+        pool = UpstreamPool(connect_timeout_s=5.0, request_timeout_s=60.0, max_idle_per_host=self.workers)
         deadline = time.monotonic() + self.bound_s
-        with httpx.Client(base_url=self.url, timeout=60.0) as client:
-            while not self.stop.is_set() and time.monotonic() < deadline:
-                started = time.monotonic()
-                detail = ""
-                try:
-                    response = client.post(self.path, json=BODY)
-                    ok = response.status_code == 200
-                    if not ok:
-                        detail = f"{response.status_code}: {response.text[:200]}"
-                except httpx.HTTPError as exc:
-                    ok, detail = False, repr(exc)
-                finished = time.monotonic()
-                with self.lock:
-                    self.done.append((finished, finished - started, ok))
-                    if detail and len(self.error_samples) < 20:
-                        self.error_samples.append(detail)
+        try:
+            clients = (self._client(pool, authority_of(self.url), deadline) for _ in range(self.workers))
+            await asyncio.gather(*clients)
+        finally:
+            await pool.close()
 
     def start(self) -> None:
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(self.workers)]
-        for thread in self.threads:
-            thread.start()
+        self.thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
+        self.thread.start()
 
     def finish(self) -> None:
         self.stop.set()
-        for thread in self.threads:
-            thread.join(90)
+        if self.thread is not None:
+            self.thread.join(90)
 
     def window(self, since: float, until: float) -> tuple[int, int, float]:
         """Requests, errors and p99 latency (ms, NaN when none) of completions in [since, until)."""
@@ -131,13 +152,31 @@ def replicas(api: Api) -> tuple[int, int]:
     return int(md["spec"].get("replicas", -1)), int(md.get("status", {}).get("readyReplicas", 0) or 0)
 
 
-def in_flight(router: RouterProcess) -> float:
+@dataclass
+class RouterReading:
+    """One scrape of the router: the in-flight gauge and the integrated concurrency with its clock."""
+
+    in_flight: float = math.nan
+    area: float = math.nan
+    uptime: float = math.nan
+
+    def average_since(self, earlier: RouterReading) -> float:
+        """Mean concurrency between two readings: what the autoscaler computes from the same counter."""
+        elapsed = self.uptime - earlier.uptime
+        return (self.area - earlier.area) / elapsed if elapsed > 0 else math.nan
+
+
+def read_router(router: RouterProcess) -> RouterReading:
+    model = f"{NAMESPACE}/{MODEL}"
     try:
-        return metric_sum(
-            router.metrics_text(), "modelplane_router_in_flight_requests", model=f"{NAMESPACE}/{MODEL}"
-        )
+        text = router.metrics_text()
     except httpx.HTTPError:
-        return math.nan
+        return RouterReading()
+    return RouterReading(
+        in_flight=metric_sum(text, "modelplane_router_in_flight_requests", model=model),
+        area=metric_sum(text, "modelplane_router_concurrency_seconds_total", model=model),
+        uptime=metric_sum(text, "modelplane_router_uptime_seconds"),
+    )
 
 
 def kubectl_binary() -> str:
@@ -252,6 +291,7 @@ def run_timeline(api: Api, router: RouterProcess, args: argparse.Namespace) -> l
     load_end = t0 + args.load_seconds
     started = stopped = False
     tick = previous = time.monotonic()
+    reading = read_router(router)
     try:
         while True:
             now = time.monotonic()
@@ -263,6 +303,7 @@ def run_timeline(api: Api, router: RouterProcess, args: argparse.Namespace) -> l
                 stopped = True
                 load_end = time.monotonic()
             spec, ready = replicas(api)
+            earlier, reading = reading, read_router(router)
             requests, errors, p99 = load.window(previous, now)
             previous = now
             rows.append({
@@ -270,7 +311,8 @@ def run_timeline(api: Api, router: RouterProcess, args: argparse.Namespace) -> l
                 "clients": float(args.clients if started and not stopped else 0),
                 "spec_replicas": float(spec),
                 "ready_replicas": float(ready),
-                "router_in_flight": in_flight(router),
+                "router_in_flight": reading.in_flight,
+                "router_concurrency": round(reading.average_since(earlier), 2),
                 "requests": float(requests),
                 "errors": float(errors),
                 "p99_ms": round(p99, 1),
@@ -278,7 +320,8 @@ def run_timeline(api: Api, router: RouterProcess, args: argparse.Namespace) -> l
             r = rows[-1]
             print(
                 f"t={r['t_s']:7.1f}s clients={int(r['clients']):2d} spec={spec} ready={ready} "
-                f"in_flight={r['router_in_flight']:.0f} req={requests} err={errors} p99={p99:.0f}ms",
+                f"in_flight={r['router_in_flight']:.0f} avg={r['router_concurrency']:.1f} "
+                f"req={requests} err={errors} p99={p99:.0f}ms",
                 flush=True,
             )
             if stopped:
@@ -350,7 +393,8 @@ col = lambda k: [float(r[k]) for r in rows]
 fig, (a, b) = plt.subplots(2, 1, sharex=True, figsize=(10, 7))
 a.step(t, col("spec_replicas"), where="post", label="desired (spec) replicas")
 a.step(t, col("ready_replicas"), where="post", label="ready replicas")
-a.plot(t, [c / 4 for c in col("router_in_flight")], alpha=0.6, label="router in-flight / target (4)")
+a.plot(t, [c / 4 for c in col("router_concurrency")], alpha=0.6,
+       label="router concurrency (1 s mean) / target (4)")
 a.plot(t, [c / 4 for c in col("clients")], "k--", alpha=0.4, label="clients / target (4)")
 a.set_ylabel("replicas"); a.legend(loc="upper right"); a.grid(alpha=0.3)
 a.set_title(sys.argv[3])
