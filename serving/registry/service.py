@@ -36,7 +36,8 @@ class RegistryService:
         self.token_cache = auth.TokenCache()
 
     def _notify(self) -> None:
-        if self.dispatcher is not None:
+        """Wake the webhook dispatcher, only when the event queued a delivery (most have none)."""
+        if self.store.take_enqueued() and self.dispatcher is not None:
             self.dispatcher.wake()
 
     # --- authentication -----------------------------------------------------------------------

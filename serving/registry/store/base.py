@@ -65,6 +65,10 @@ class VersionFilter:
 class RegistryStore(ABC):
     """Persistence for the registry. Implementations raise ``errors.RegistryError`` subclasses."""
 
+    @abstractmethod
+    def take_enqueued(self) -> bool:
+        """True once after any event queued a webhook delivery (then the dispatcher is woken)."""
+
     # models
     @abstractmethod
     def create_model(self, actor: str, data: schemas.ModelCreate) -> Versioned[schemas.ModelPublic]: ...

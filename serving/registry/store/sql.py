@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, literal, select, text, union_all, update
+from sqlalchemy import bindparam, delete, func, insert, literal, select, text, union_all, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload
 
@@ -61,12 +62,54 @@ _VERSION_BY_NUMBER = (
     .join(RegisteredModel, ModelVersion.model_id == RegisteredModel.id)
     .where(RegisteredModel.name == bindparam("name"), ModelVersion.version == bindparam("version"))
 )
+_ACTIVE_WEBHOOKS = select(Webhook.id, Webhook.events).where(Webhook.active.is_(True))
+# The write path of every new version (the most frequent write), in Core: the ORM's unit of work
+# cost more than the SQL itself.
+_ALLOCATE_VERSION = (
+    update(RegisteredModel)
+    .where(RegisteredModel.name == bindparam("model_name"))
+    .values(last_version=RegisteredModel.last_version + 1)
+    .returning(RegisteredModel.id, RegisteredModel.last_version)
+)
+_INSERT_VERSION = insert(ModelVersion).returning(ModelVersion.id)
+_INSERT_VERSION_TAG = insert(VersionTag)
+_INSERT_AUDIT = insert(AuditEntry)
 _VERSION_EXTRAS = union_all(  # tags and aliases of one version, in one round trip
     select(literal("t"), VersionTag.key, VersionTag.value).where(
         VersionTag.version_id == bindparam("version_id")
     ),
     select(literal("a"), Alias.name, literal("")).where(Alias.version_id == bindparam("version_id")),
 )
+
+
+def _version_from_row(
+    m: Mapping[Any, Any], model: str, tags: dict[str, str], aliases: list[str]
+) -> schemas.VersionPublic:
+    """A version's public form from its column values (a Core row's mapping or the inserted values)."""
+    artifact = None
+    if m["artifact_digest"] is not None:
+        artifact = schemas.ArtifactInfo(
+            digest=m["artifact_digest"], size=m["artifact_size"] or 0, filename=m["artifact_filename"] or ""
+        )
+    return schemas.VersionPublic(
+        model=model,
+        version=m["version"],
+        description=m["description"],
+        author=m["author"],
+        source=m["source"],
+        run_id=m["run_id"],
+        framework=m["framework"],
+        signature=schemas.Signature.model_validate(m["signature"]) if m["signature"] else None,
+        metrics=m["metrics"],
+        params=m["params"],
+        tags=tags,
+        status=m["status"],
+        status_message=m["status_message"],
+        artifact=artifact,
+        aliases=aliases,
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+    )
 
 
 def model_etag(row: RegisteredModel) -> str:
@@ -110,6 +153,7 @@ def _like_prefix(column: Any, prefixes: Sequence[str]) -> Any:
 class SqlStore(RegistryStore):
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._enqueued = threading.Event()  # a webhook delivery was queued since the last take
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -234,25 +278,35 @@ class SqlStore(RegistryStore):
                 return dict(value.model_dump(mode="json"))
             return dict(value)
 
-        session.add(
-            AuditEntry(
-                actor=actor,
-                action=action,
-                object_type=object_type,
-                object_id=object_id,
-                before=dump(before),
-                after=dump(after),
-            )
+        session.connection().execute(
+            _INSERT_AUDIT,
+            {
+                "at": utcnow(),
+                "actor": actor,
+                "action": action,
+                "object_type": object_type,
+                "object_id": object_id,
+                "before": dump(before),
+                "after": dump(after),
+            },
         )
 
-    @staticmethod
-    def _enqueue(session: Session, event: str, payload: dict[str, Any]) -> None:
+    def _enqueue(self, session: Session, event: str, payload: dict[str, Any]) -> None:
         """Queue one delivery per subscribed webhook, inside the transaction of the event itself."""
-        for hook in session.scalars(select(Webhook).where(Webhook.active.is_(True))):
-            if event in hook.events:
+        for hook_id, events in session.connection().execute(_ACTIVE_WEBHOOKS):
+            if event in events:
                 session.add(
-                    WebhookDelivery(webhook_id=hook.id, event=event, payload={"event": event, **payload})
+                    WebhookDelivery(webhook_id=hook_id, event=event, payload={"event": event, **payload})
                 )
+                self._enqueued.set()
+
+    def take_enqueued(self) -> bool:
+        # A flag, not a count: a rolled-back event at worst wakes the dispatcher for nothing, and a
+        # wake lost to a race is covered by the dispatcher's own poll.
+        if not self._enqueued.is_set():
+            return False
+        self._enqueued.clear()
+        return True
 
     # --- models -------------------------------------------------------------------------------
 
@@ -401,38 +455,40 @@ class SqlStore(RegistryStore):
         self, actor: str, name: str, data: schemas.VersionCreate
     ) -> Versioned[schemas.VersionPublic]:
         with self.db.write() as s:
-            allocated = s.execute(
-                update(RegisteredModel)
-                .where(RegisteredModel.name == name)
-                .values(last_version=RegisteredModel.last_version + 1)
-                .returning(RegisteredModel.id, RegisteredModel.last_version),
-                execution_options={"synchronize_session": False},
-            ).one_or_none()
+            conn = s.connection()
+            allocated = conn.execute(_ALLOCATE_VERSION, {"model_name": name}).one_or_none()
             if allocated is None:
                 raise errors.NotFoundError(f"model {name!r} does not exist")
             model_id, number = allocated
             now = utcnow()
-            row = ModelVersion(
-                model_id=model_id,
-                version=number,
-                description=data.description,
-                author=data.author or actor,
-                source=data.source,
-                run_id=data.run_id,
-                framework=data.framework,
-                signature=data.signature.model_dump(mode="json") if data.signature else {},
-                metrics=dict(data.metrics),
-                params=dict(data.params),
-                status="PENDING",
-                status_message="",
-                created_at=now,
-                updated_at=now,
-                revision=1,
-            )
-            row.tags = [VersionTag(key=k, value=v) for k, v in data.tags.items()]
-            s.add(row)
-            s.flush()
-            result = Versioned(version_etag(row), self._version_public(row, [], model_name=name))
+            values: dict[str, Any] = {
+                "model_id": model_id,
+                "version": number,
+                "description": data.description,
+                "author": data.author or actor,
+                "source": data.source,
+                "run_id": data.run_id,
+                "framework": data.framework,
+                "signature": data.signature.model_dump(mode="json") if data.signature else {},
+                "metrics": dict(data.metrics),
+                "params": dict(data.params),
+                "status": "PENDING",
+                "status_message": "",
+                "artifact_digest": None,
+                "artifact_size": None,
+                "artifact_filename": None,
+                "created_at": now,
+                "updated_at": now,
+                "revision": 1,
+            }
+            version_id = conn.execute(_INSERT_VERSION, values).scalar_one()
+            if data.tags:
+                conn.execute(
+                    _INSERT_VERSION_TAG,
+                    [{"version_id": version_id, "key": k, "value": v} for k, v in data.tags.items()],
+                )
+            body = _version_from_row({**values, "id": version_id}, name, dict(data.tags), [])
+            result = Versioned(f'"v{version_id}-1"', body)
             self._audit(s, actor, "version.create", "version", f"{name}/{number}", after=result.body)
             self._enqueue(s, "version.created", {"model": name, "version": number, "actor": actor})
             return result
@@ -464,32 +520,7 @@ class SqlStore(RegistryStore):
             extras = conn.execute(_VERSION_EXTRAS, {"version_id": m["id"]}).all()
         tags = {k: v for kind, k, v in extras if kind == "t"}
         aliases = sorted(k for kind, k, _ in extras if kind == "a")
-        artifact = None
-        if m["artifact_digest"] is not None:
-            artifact = schemas.ArtifactInfo(
-                digest=m["artifact_digest"],
-                size=m["artifact_size"] or 0,
-                filename=m["artifact_filename"] or "",
-            )
-        body = schemas.VersionPublic(
-            model=m["name"],
-            version=m["version"],
-            description=m["description"],
-            author=m["author"],
-            source=m["source"],
-            run_id=m["run_id"],
-            framework=m["framework"],
-            signature=schemas.Signature.model_validate(m["signature"]) if m["signature"] else None,
-            metrics=m["metrics"],
-            params=m["params"],
-            tags=tags,
-            status=m["status"],
-            status_message=m["status_message"],
-            artifact=artifact,
-            aliases=aliases,
-            created_at=m["created_at"],
-            updated_at=m["updated_at"],
-        )
+        body = _version_from_row(m, m["name"], tags, aliases)
         return Versioned(f'"v{m["id"]}-{m["revision"]}"', body)
 
     def list_versions(
