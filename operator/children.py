@@ -151,6 +151,9 @@ RESTRICTED_CONTAINER_SECURITY = {
 }
 
 
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def runtime_containers(
     spec: api.ModelDeploymentSpec, served: ServedVersion, settings: OperatorSettings
 ) -> tuple[list[Manifest], list[Manifest]]:
@@ -169,6 +172,13 @@ def runtime_containers(
                 "valueFrom": {"secretKeyRef": {"name": settings.artifact_token_secret, "key": "token"}},
             }
         )
+    if spec.resources.cpu is not None and not any(e.name in THREAD_ENV for e in spec.runtime.env):
+        # A container sees every core of its node; torch would size its thread pool to them and be
+        # throttled by the CPU limit. Size it to the limit instead (rounded up; users may override).
+        cpu_limit = {
+            "resourceFieldRef": {"containerName": "runtime", "resource": "limits.cpu", "divisor": "1"}
+        }
+        env.extend({"name": name, "valueFrom": cpu_limit} for name in THREAD_ENV)
     env.extend(e.model_dump(by_alias=True, exclude_none=True) for e in spec.runtime.env)
     mounts = [
         {"name": "model-repository", "mountPath": MODEL_REPOSITORY},

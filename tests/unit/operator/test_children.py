@@ -224,3 +224,25 @@ def test_hpa_mode_renders_an_hpa_on_the_scale_subresource_and_other_modes_do_not
     for mode in ("builtin", "none"):
         kinds = by_kind(desired_children(OWNER, spec(autoscaling={"mode": mode}), STABLE, None, SETTINGS))
         assert "HorizontalPodAutoscaler" not in kinds
+
+
+def test_torch_threads_follow_the_cpu_limit_unless_the_user_sets_them() -> None:
+    limited = pod_spec(desired_children(OWNER, spec(resources={"cpu": "1500m"}), STABLE, None, SETTINGS))
+    runtime = limited["containers"][0]
+    env = {e["name"]: e for e in runtime["env"]}
+    assert runtime["resources"]["limits"]["cpu"] == "1500m"
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        assert env[name]["valueFrom"] == {
+            "resourceFieldRef": {"containerName": "runtime", "resource": "limits.cpu", "divisor": "1"}
+        }
+    # Without a CPU limit the runtime keeps torch's default (the node's cores).
+    unlimited = pod_spec(desired_children(OWNER, spec(), STABLE, None, SETTINGS))
+    assert "OMP_NUM_THREADS" not in {e["name"] for e in unlimited["containers"][0]["env"]}
+    # A user's own setting wins and is not duplicated.
+    own = spec(resources={"cpu": "4"}, runtime={"env": [{"name": "OMP_NUM_THREADS", "value": "2"}]})
+    names = [
+        e["name"]
+        for e in pod_spec(desired_children(OWNER, own, STABLE, None, SETTINGS))["containers"][0]["env"]
+    ]
+    assert names.count("OMP_NUM_THREADS") == 1
+    assert "MKL_NUM_THREADS" not in names
