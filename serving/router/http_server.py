@@ -35,6 +35,7 @@ log = logging.getLogger("modelplane.router.http")
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_HEADER_COUNT = 100
+REJECT_LINGER_S = 2.0  # how long a refused client may go on sending before the socket closes
 
 
 @dataclass
@@ -81,7 +82,8 @@ def encode_response(response: Response, keep_alive: bool, head_only: bool = Fals
     parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
     for name, value in response.headers:
         parts.append(name + b": " + value + b"\r\n")
-    parts.append(b"content-length: %d\r\n" % len(response.body))
+    if status >= 200 and status not in (204, 304):
+        parts.append(b"content-length: %d\r\n" % len(response.body))
     if not keep_alive:
         parts.append(b"connection: close\r\n")
     parts.append(b"\r\n")
@@ -108,6 +110,8 @@ class HttpConnection(asyncio.Protocol):
         self.pending: deque[tuple[Request, bool]] = deque()
         self.active: asyncio.Task[None] | None = None
         self.closing = False
+        self._writable = asyncio.Event()  # cleared while the client does not read what we write
+        self._writable.set()
         self._timer: asyncio.TimerHandle | None = None
         self._reset_message()
 
@@ -134,8 +138,13 @@ class HttpConnection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._reject(400, "protocol upgrades are not supported")
+        except httptools.HttpParserUpgrade as upgrade:
+            # The router answers in HTTP/1.1 (clients offering h2c, such as Java's HttpClient, carry
+            # on with it): the request is already complete; parse what follows it afresh.
+            self.parser = httptools.HttpRequestParser(self)
+            offset = upgrade.args[0] if upgrade.args and isinstance(upgrade.args[0], int) else len(data)
+            if offset < len(data):
+                self.data_received(data[offset:])
         except httptools.HttpParserError as exc:
             # A limit raised inside a callback reaches here wrapped by the parser.
             cause = exc.__context__ if isinstance(exc.__context__, _RequestRejectedError) else None
@@ -144,8 +153,15 @@ class HttpConnection(asyncio.Protocol):
             else:
                 self._reject(400, f"malformed HTTP request: {exc}")
 
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        self._writable.set()
         self._disarm()
         self.server.connections.discard(self)
         if self.active is not None and not self.active.done():
@@ -175,8 +191,8 @@ class HttpConnection(asyncio.Protocol):
             raise _RequestRejectedError(431, f"request line and headers exceed {MAX_HEADER_BYTES} bytes")
 
     def on_headers_complete(self) -> None:
-        if self.parser.should_upgrade():
-            raise _RequestRejectedError(400, "protocol upgrades are not supported")
+        if self.parser.get_method() == b"CONNECT":
+            raise _RequestRejectedError(405, "CONNECT is not supported: the router is not a forward proxy")
         limit = self.server.max_body_bytes
         expect_continue = False
         for name, value in self._headers:
@@ -191,7 +207,10 @@ class HttpConnection(asyncio.Protocol):
                     )
             elif name == b"expect" and value.lower() == b"100-continue":
                 expect_continue = True
-        if expect_continue and self.transport is not None:
+        # Only when no earlier answer is pending (it would come out of order) and the client speaks
+        # HTTP/1.1; otherwise the client sends its body after its own short wait.
+        if expect_continue and self.active is None and self.parser.get_http_version() == "1.1":
+            assert self.transport is not None
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -241,6 +260,9 @@ class HttpConnection(asyncio.Protocol):
             keep_alive = keep_alive and not self.server.draining
             if self.transport is not None and not self.closing:
                 self.transport.write(encode_response(response, keep_alive, request.method == "HEAD"))
+            # A client that pipelines without reading: take up its next request only once it has
+            # read this answer, so unread answers cannot pile up in the router's memory.
+            await self._writable.wait()
         finally:
             self.server.finished()
             self.active = None
@@ -276,10 +298,22 @@ class HttpConnection(asyncio.Protocol):
             self._reject(408, f"request not received within {self.server.body_timeout_s:g}s")
 
     def _reject(self, status: int, message: str) -> None:
-        """Answer a request the router will not read to the end, and close the connection."""
-        if self.transport is not None and not self.closing and self.active is None:
-            self.transport.write(encode_response(error_response(status, message), keep_alive=False))
-        self._close()
+        """Answer a request the router will not read to the end, and close the connection.
+
+        The close lingers: the client may still be sending the body it was refused, and closing a
+        socket with unread data resets it, which would destroy the answer before the client reads
+        it. So the router stops writing, drops what still arrives, and closes a moment later.
+        """
+        transport = self.transport
+        if transport is None or self.closing or self.active is not None:
+            self._close()  # nothing to answer (or an earlier answer is still being worked out)
+            return
+        transport.write(encode_response(error_response(status, message), keep_alive=False))
+        self.closing = True
+        self._disarm()
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.loop.call_later(REJECT_LINGER_S, transport.close)
 
     def _close(self) -> None:
         self.closing = True

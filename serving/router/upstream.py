@@ -9,18 +9,24 @@ connection for the next request. What the router relies on:
 - one request at a time per connection, connections pooled per ``host:port`` and reused LIFO (the
   warmest first); idle ones are dropped before the runtime's own keep-alive timeout can race them;
 - a connection that fails *before any byte of the answer* is :class:`UpstreamConnectionError`, the
-  signal to retry on another endpoint; on a reused connection the request is first re-sent once on
-  a fresh connection to the same endpoint, as Go's and browsers' transports do, because a runtime
-  closing an idle keep-alive connection is not a fault of the endpoint;
+  signal that the dispatcher may retry on another endpoint (within its budget: V2 inference is
+  treated as repeatable, as Envoy's ``reset`` retry policy does); for idempotent methods on a
+  reused connection the request is first re-sent once on a fresh connection to the same endpoint,
+  as Go's transport does, because a runtime closing an idle keep-alive connection is no fault;
+- an answer that breaks off midway is :class:`UpstreamProtocolError` (never retried); interim 1xx
+  answers are skipped; bytes nobody asked for close the connection; pooled connections that the
+  backend closes, or that sit idle past the timeout, leave the pool;
 - connect and whole-request timeouts (a request timeout is :class:`TimeoutError`, never retried).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -39,8 +45,13 @@ HOP_BY_HOP = frozenset(
         b"host",
         b"content-length",
         b"expect",
+        b"http2-settings",
     }
 )
+# Methods safe to send twice: only these are re-sent on a fresh connection when a reused one fails
+# before answering. An inference POST is not; the dispatcher decides whether another endpoint may
+# take it, within its retry budget.
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
 class UpstreamConnectionError(ConnectionError):
@@ -62,9 +73,11 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
+        self.on_lost: Callable[[_Connection], None] | None = None  # the pool forgets it
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[UpstreamResponse] | None = None
         self._received = False
+        self._headers_done = False
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
 
@@ -77,6 +90,9 @@ class _Connection(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
+        if self._waiter is None or self._waiter.done():
+            self.close()  # bytes nobody asked for: never let them answer the next request
+            return
         self._received = True
         try:
             self._parser.feed_data(data)
@@ -86,9 +102,15 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.on_lost is not None:
+            self.on_lost(self)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
-            if self._received:
+            if self._headers_done and not self._framed():  # an answer delimited by the close
+                status = self._parser.get_status_code()
+                headers = [(k, v) for k, v in self._headers if k not in HOP_BY_HOP]
+                waiter.set_result(UpstreamResponse(status, headers, b"".join(self._body), False))
+            elif self._received:
                 waiter.set_exception(UpstreamProtocolError("the backend closed the connection mid-answer"))
             else:
                 reason = f": {exc}" if exc else ""
@@ -99,6 +121,12 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.lower(), value))
 
+    def on_headers_complete(self) -> None:
+        self._headers_done = True
+
+    def _framed(self) -> bool:
+        return any(k in (b"content-length", b"transfer-encoding") for k, _ in self._headers)
+
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
 
@@ -107,6 +135,9 @@ class _Connection(asyncio.Protocol):
         if waiter is None or waiter.done():
             return
         status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:  # interim (100 Continue, 103 Early Hints): wait on
+            self._headers, self._body, self._headers_done = [], [], False
+            return
         keep_alive = self._parser.should_keep_alive()
         headers = [(k, v) for k, v in self._headers if k not in HOP_BY_HOP]
         waiter.set_result(UpstreamResponse(status, headers, b"".join(self._body), keep_alive))
@@ -116,6 +147,7 @@ class _Connection(asyncio.Protocol):
     def send(self, data: bytes) -> asyncio.Future[UpstreamResponse]:
         assert self.transport is not None
         self._received = False
+        self._headers_done = False
         self._headers = []
         self._body = []
         self._waiter = asyncio.get_running_loop().create_future()
@@ -165,6 +197,7 @@ class UpstreamPool:
         self.idle_timeout_s = idle_timeout_s
         self._idle: dict[str, deque[_Connection]] = {}
         self._closed = False
+        self._next_reap = 0.0
 
     async def request(
         self,
@@ -177,13 +210,19 @@ class UpstreamPool:
     ) -> UpstreamResponse:
         """Send and await the answer; raises UpstreamConnectionError (retry elsewhere) or TimeoutError."""
         data = encode_request(method, hostport, path, headers, body)
+        now = time.monotonic()
+        if now >= self._next_reap:
+            self._reap(now)
         async with asyncio.timeout(timeout_s if timeout_s is not None else self.request_timeout_s):
-            connection = self._take_idle(hostport)
+            connection = self._take_idle(hostport, now)
             if connection is not None:
                 try:
                     return await self._exchange(hostport, connection, data)
                 except UpstreamConnectionError:
-                    pass  # a keep-alive connection the backend had closed: once more on a fresh one
+                    if method not in IDEMPOTENT:
+                        raise
+                    # Most likely a keep-alive connection the backend had just closed: once more on
+                    # a fresh one (safe only because the method may be repeated).
             connection = await self._connect(hostport)
             return await self._exchange(hostport, connection, data)
 
@@ -199,17 +238,21 @@ class UpstreamPool:
             connection.close()
         return response
 
-    def _take_idle(self, hostport: str) -> _Connection | None:
+    def _take_idle(self, hostport: str, now: float) -> _Connection | None:
         idle = self._idle.get(hostport)
         if not idle:
             return None
-        oldest_usable = time.monotonic() - self.idle_timeout_s
+        oldest_usable = now - self.idle_timeout_s
+        connection = None
         while idle:
-            connection = idle.pop()
-            if not connection.closed and connection.idle_since >= oldest_usable:
-                return connection
-            connection.close()
-        return None
+            candidate = idle.pop()
+            if not candidate.closed and candidate.idle_since >= oldest_usable:
+                connection = candidate
+                break
+            candidate.close()
+        if not idle:
+            del self._idle[hostport]
+        return connection
 
     def _give_back(self, hostport: str, connection: _Connection) -> None:
         idle = self._idle.setdefault(hostport, deque())
@@ -217,7 +260,32 @@ class UpstreamPool:
             connection.close()
             return
         connection.idle_since = time.monotonic()
+        connection.on_lost = lambda lost: self._discard(hostport, lost)
         idle.append(connection)
+
+    def _discard(self, hostport: str, connection: _Connection) -> None:
+        """A pooled connection closed (by the backend, or a pod that went away): drop it now."""
+        idle = self._idle.get(hostport)
+        if idle is None:
+            return
+        with contextlib.suppress(ValueError):  # in use, not pooled
+            idle.remove(connection)
+        if not idle:
+            del self._idle[hostport]
+
+    def _reap(self, now: float) -> None:
+        """Close connections idle past the timeout, for every endpoint (gone pods included)."""
+        self._next_reap = now + min(10.0, self.idle_timeout_s)
+        oldest_usable = now - self.idle_timeout_s
+        for hostport, idle in list(self._idle.items()):
+            for connection in [c for c in idle if c.idle_since < oldest_usable]:
+                connection.close()  # its on_lost removes it
+            if not idle:
+                self._idle.pop(hostport, None)
+
+    @property
+    def idle_connections(self) -> int:
+        return sum(len(idle) for idle in self._idle.values())
 
     async def _connect(self, hostport: str) -> _Connection:
         host, _, port = hostport.rpartition(":")

@@ -48,7 +48,7 @@ def test_a_scrape_reports_the_area_up_to_now_and_the_router_clock() -> None:
     load.add(1)
     clock.now = 54.0  # two requests held for 3 s, still in flight at the scrape
     page = parse_router_page(generate_latest(metrics.registry).decode())
-    assert page.areas == {"ns/iris": pytest.approx(6.0)}
+    assert page.areas == pytest.approx({"ns/iris": 6.0})
     assert page.uptime == pytest.approx(4.0)
     assert metrics.model_concurrency("ns/iris") is load  # one integrator per model
 

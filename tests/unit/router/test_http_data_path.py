@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from modelplane.serving.router.http_server import HttpServer, Request, Response
+from modelplane.serving.router.http_server import HttpServer, Request, Response, encode_response
 from modelplane.serving.router.upstream import (
     UpstreamConnectionError,
     UpstreamPool,
@@ -92,9 +92,20 @@ async def test_expect_100_continue_then_the_answer() -> None:
         (b"GET /x HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * 70000 + b"\r\n\r\n", b"431"),
         (b"GET /x HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n", b"400"),
         (b"NOT-HTTP\r\n\r\n", b"400"),
-        (b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", b"400"),
+        (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", b"405"),
+        # A client still sending the body it was refused reads the 413, not a connection reset.
+        (b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\n\r\n" + b"a" * 300000, b"413"),
     ],
-    ids=["too-large", "chunked-too-large", "header-count", "header-bytes", "bad-length", "junk", "upgrade"],
+    ids=[
+        "too-large",
+        "chunked-too-large",
+        "header-count",
+        "header-bytes",
+        "bad-length",
+        "junk",
+        "connect",
+        "refused-body-still-arriving",
+    ],
 )
 async def test_bad_requests_get_a_clear_status_and_the_connection_closes(data: bytes, status: bytes) -> None:
     async with serving(max_body_bytes=1000) as (server, port):
@@ -105,6 +116,47 @@ async def test_bad_requests_get_a_clear_status_and_the_connection_closes(data: b
         # Other clients are unaffected.
         assert (await exchange(port, b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(b"HTTP/1.1 200")
         assert server.in_flight == 0
+
+
+async def test_clients_offering_an_upgrade_are_answered_in_http_1_1() -> None:
+    # Java's HttpClient and curl --http2 offer h2c on http:// URLs; they carry on in HTTP/1.1.
+    offer = b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+    offer += b"HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n"
+    async with serving() as (_, port):
+        answer = await exchange(port, offer + b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n", answers=2)
+    assert answer.count(b"HTTP/1.1 200 OK") == 2
+    assert b"GET /a" in answer
+    assert b"GET /b" in answer
+
+
+async def test_a_client_that_does_not_read_stops_the_router_taking_its_next_requests() -> None:
+    handled: list[str] = []
+
+    async def big(request: Request) -> Response:
+        handled.append(request.path)
+        return Response(200, b"x" * (4 * 1024 * 1024))
+
+    server = HttpServer(big)
+    await server.listen("127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.ports[0], limit=1)
+    writer.write(b"".join(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(20)))
+    await asyncio.sleep(0.5)
+    assert 1 <= len(handled) < 20  # unread answers do not pile up in the router
+    received = 0
+    async with asyncio.timeout(30):
+        while received < 20 * 4 * 1024 * 1024:
+            chunk = await reader.read(1 << 20)
+            assert chunk
+            received += len(chunk)
+    assert len(handled) == 20
+    writer.close()
+    await server.drain(1.0)
+
+
+def test_no_content_length_on_answers_that_cannot_have_a_body() -> None:
+    assert b"content-length" not in encode_response(Response(204), keep_alive=True)
+    assert b"content-length" not in encode_response(Response(304), keep_alive=True)
+    assert b"content-length: 2\r\n" in encode_response(Response(200, b"ok"), keep_alive=True)
 
 
 async def test_stalled_headers_and_bodies_get_408_and_idle_connections_close() -> None:
@@ -213,6 +265,70 @@ async def test_pool_errors_say_whether_a_retry_elsewhere_is_safe() -> None:
         with pytest.raises(error):
             await pool.request(f"127.0.0.1:{port}", "GET", "/", [], b"")
         server.close()
+    await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def answering(
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[str]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    try:
+        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+
+
+async def test_a_reused_connection_that_drops_a_request_resends_only_idempotent_methods() -> None:
+    served: list[bytes] = []
+
+    async def first_only(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Answers the first request of each connection, then drops the connection on the second
+        # without a word (a runtime that closed an idle keep-alive connection as it arrived).
+        head = await reader.readuntil(b"\r\n\r\n")
+        served.append(head.split(b" ")[0])
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    pool = UpstreamPool()
+    async with answering(first_only) as authority:
+        assert (await pool.request(authority, "GET", "/", [], b"")).status == 200
+        assert (await pool.request(authority, "GET", "/", [], b"")).status == 200  # re-sent afresh
+        assert served == [b"GET", b"GET"]
+        # The same drop for an inference: it is not silently run a second time on this endpoint;
+        # the error lets the dispatcher decide (another endpoint, within the retry budget).
+        with pytest.raises(UpstreamConnectionError):
+            await pool.request(authority, "POST", "/infer", [], b"{}")
+        assert (await pool.request(authority, "POST", "/infer", [], b"{}")).status == 200  # fresh
+        assert served == [b"GET", b"GET", b"POST"]
+    await pool.close()
+
+
+async def test_interim_answers_are_skipped_and_close_delimited_answers_are_read_whole() -> None:
+    async def early_hints(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal")
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    async def until_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it")
+        await writer.drain()
+        writer.close()
+
+    pool = UpstreamPool()
+    async with answering(early_hints) as authority:
+        answer = await pool.request(authority, "GET", "/", [], b"")
+        assert (answer.status, answer.body) == (200, b"final")
+    async with answering(until_close) as authority:
+        answer = await pool.request(authority, "GET", "/", [], b"")
+        assert (answer.status, answer.body, answer.keep_alive) == (200, b"all of it", False)
+    assert pool.idle_connections <= 1
     await pool.close()
 
 
