@@ -39,6 +39,7 @@ class RouterOptions:
     queue_size: int = 100
     queue_timeout_s: float = 60.0
     drain_timeout_s: float = 30.0
+    drain_delay_s: float = 0.0  # lame duck: not ready, still answering, before refusing connections
 
 
 def apply_routes(table: RouteTable, activation: ActivationQueue) -> Callable[[dict[str, ModelRoute]], None]:
@@ -116,6 +117,11 @@ async def serve(options: RouterOptions, activate: Callable[[str], Awaitable[None
             "router listening on %s:%s (HTTP) and %s (gRPC)", options.host, options.port, options.grpc_port
         )
         await stop.wait()
+        http.draining = grpc_front.draining = True  # /readyz answers 503 from now on
+        http_server.draining = True  # answers close their connections: clients reconnect elsewhere
+        if options.drain_delay_s:
+            log.info("stopping: not ready, still answering for %gs", options.drain_delay_s)
+            await asyncio.sleep(options.drain_delay_s)
         log.info("stopping: draining requests in flight (up to %gs)", options.drain_timeout_s)
     finally:
         http.draining = grpc_front.draining = True

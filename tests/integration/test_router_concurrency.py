@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -109,3 +110,41 @@ def test_requests_held_in_flight_grow_the_concurrency_counter_by_their_number_pe
         "the router's clock to move", lambda: (p := page()).uptime > idle.uptime and p, timeout=5
     )
     assert later.areas == pytest.approx(idle.areas)
+
+
+def test_sigterm_reports_not_ready_keeps_answering_for_the_delay_then_drains(tmp_path: Path) -> None:
+    backend = HoldingBackend()
+    routes = write_routes(tmp_path / "routes.yaml", {"held": [{"version": "1", "http": backend.url}]})
+    router = RouterProcess(
+        log_path=tmp_path / "router.log",
+        routes=routes,
+        extra_args=["--drain-delay", "5", "--drain-timeout", "10"],
+    )
+    body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
+    try:
+        router.start()
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(
+                lambda: httpx.post(router.url + "/v2/models/held/infer", json=body, timeout=20)
+            )
+            wait_for(
+                "a request in flight",
+                lambda: router.metric("modelplane_router_in_flight_requests", model="held") == 1,
+                timeout=15,
+            )
+            assert router.process is not None
+            router.process.send_signal(signal.SIGTERM)
+            # Lame duck: not ready, so the endpoint leaves the Service, but still answering.
+            wait_for("/readyz to report 503", lambda: httpx.get(router.url + "/readyz").status_code == 503, 5)
+            backend.release()
+            assert held.result(timeout=20).status_code == 200
+            late = httpx.post(router.url + "/v2/models/held/infer", json=body, timeout=20)
+            assert late.status_code == 200
+            assert late.headers["connection"] == "close"  # the client reconnects elsewhere
+        assert router.process.wait(30) == 0
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(router.url + "/readyz", timeout=2)
+    finally:
+        backend.stop()
+        router.stop()
+        print(f"\n----- router log -----\n{router.log_tail()}")

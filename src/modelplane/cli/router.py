@@ -52,6 +52,15 @@ def router(
     drain_timeout: Annotated[
         float, typer.Option("--drain-timeout", min=0.0, help="Seconds in-flight requests get on SIGTERM.")
     ] = 30.0,
+    drain_delay: Annotated[
+        float,
+        typer.Option(
+            "--drain-delay",
+            min=0.0,
+            help="Seconds to keep answering, reported not ready, after SIGTERM before refusing connections "
+            "(while the endpoint leaves the Service).",
+        ),
+    ] = 0.0,
 ) -> None:
     """Route V2 inference requests (HTTP and gRPC) to the ready pods of each model version."""
     from modelplane.serving.router.routes import RoutesError
@@ -73,6 +82,7 @@ def router(
         queue_size=queue_size,
         queue_timeout_s=queue_timeout,
         drain_timeout_s=drain_timeout,
+        drain_delay_s=drain_delay,
     )
     try:
         import uvloop
