@@ -113,6 +113,7 @@ class HttpConnection(asyncio.Protocol):
         self._writable = asyncio.Event()  # cleared while the client does not read what we write
         self._writable.set()
         self._timer: asyncio.TimerHandle | None = None
+        self._rejection: tuple[int, str] | None = None  # to answer once the earlier answers are out
         self._reset_message()
 
     def _reset_message(self) -> None:
@@ -134,7 +135,7 @@ class HttpConnection(asyncio.Protocol):
         self._arm(self.server.keep_alive_s, self._idle_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self.closing or self._rejection is not None:
             return
         try:
             self.parser.feed_data(data)
@@ -273,6 +274,8 @@ class HttpConnection(asyncio.Protocol):
             self._start(*self.pending.popleft())
             if not self.pending and self.transport is not None and not self.closing:
                 self.transport.resume_reading()
+        elif self._rejection is not None:
+            self._reject(*self._rejection)
         elif self._in_message:  # the next request is still arriving: its time limit starts now
             self._arm(self.server.body_timeout_s, self._body_timeout)
         else:
@@ -305,8 +308,11 @@ class HttpConnection(asyncio.Protocol):
         it. So the router stops writing, drops what still arrives, and closes a moment later.
         """
         transport = self.transport
-        if transport is None or self.closing or self.active is not None:
-            self._close()  # nothing to answer (or an earlier answer is still being worked out)
+        if transport is None or self.closing:
+            self._close()
+            return
+        if self.active is not None:  # a pipelined request went bad: answer the earlier ones first
+            self._rejection = (status, message)
             return
         transport.write(encode_response(error_response(status, message), keep_alive=False))
         self.closing = True

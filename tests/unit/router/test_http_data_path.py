@@ -71,6 +71,15 @@ async def test_keep_alive_pipelining_answers_in_request_order() -> None:
     assert b"GET /a q=1 0" in answer
 
 
+async def test_a_bad_request_behind_a_good_one_gets_its_error_after_the_good_answer() -> None:
+    async with serving() as (_, port):
+        answer = await exchange(port, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nNOT-HTTP\r\n\r\n", answers=2)
+    first, _, second = answer.partition(b"HTTP/1.1 400")
+    assert first.startswith(b"HTTP/1.1 200 OK")
+    assert b"GET /slow" in first
+    assert b"malformed HTTP request" in second
+
+
 async def test_expect_100_continue_then_the_answer() -> None:
     async with serving() as (_, port):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
