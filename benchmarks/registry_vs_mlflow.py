@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,16 +30,12 @@ from pathlib import Path
 
 import httpx
 
+from modelplane.local.processes import free_port
+
 WORK = Path(__file__).resolve().parent / ".work"
 MLFLOW_VENV = WORK / "mlflow-venv"
 TOKEN = "benchmark-admin-token-0123456789"  # noqa: S105 - a throwaway server's bootstrap token
 SOURCE = "s3://bench-bucket/models/model.pt"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:

@@ -29,8 +29,9 @@ from pathlib import Path
 
 import httpx
 
+from modelplane.local.processes import free_port
 from modelplane.testing.router import RouterProcess, write_routes
-from modelplane.testing.runtime import RuntimeProcess, free_port, make_mlp, mlp_config, write_model
+from modelplane.testing.runtime import RuntimeProcess, make_mlp, mlp_config, write_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runtime_vs_peers import machine, request_body, run_wrk

@@ -21,7 +21,6 @@ import platform
 import shutil
 import signal
 import site
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,18 +33,13 @@ import httpx
 import numpy as np
 import torch
 
+from modelplane.local.processes import free_port
 from modelplane.testing.runtime import make_mlp, mlp_config, save_torchscript
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work"
 # MLServer 1.7's workers call asyncio.get_event_loop() outside a loop, which uvloop >= 0.22 refuses.
 PEER_PACKAGES = {"kserve": ["kserve"], "mlserver": ["mlserver", "uvloop<0.22"]}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def load_cpu() -> str:

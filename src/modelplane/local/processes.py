@@ -33,6 +33,7 @@ def modelplane_command() -> list[str]:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now (the one helper for this)."""
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])

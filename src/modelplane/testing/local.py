@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from modelplane.local.layout import read_json
+from modelplane.local.processes import free_port
 from modelplane.local.stack import READY_LINE
-from modelplane.testing.runtime import free_port
 
 
 def children_of(pid: int) -> set[int]:

@@ -18,8 +18,9 @@ from pathlib import Path
 import httpx
 import torch
 
+from modelplane.local.processes import free_port
 from modelplane.serving.registry.client import RegistryClient
-from modelplane.testing.runtime import free_port, make_mlp, save_torchscript
+from modelplane.testing.runtime import make_mlp, save_torchscript
 
 #: The Secret (key ``token``) serving pods download registry artifacts with.
 ARTIFACT_SECRET = "modelplane-artifact-token"  # noqa: S105 (a Secret's name)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -18,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+
+from modelplane.local.processes import free_port
 
 ENV_DSN = "MODELPLANE_TEST_POSTGRES_DSN"
 
@@ -46,13 +47,6 @@ def _major_version(initdb_path: str) -> int:
         return int(Path(initdb_path).parts[-3])
     except (ValueError, IndexError):
         return 0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def sqlalchemy_url(dsn: str) -> str:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import httpx
 
+from modelplane.local.processes import free_port
 from modelplane.serving.registry.client import RegistryClient
-from modelplane.testing.postgres import free_port
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"  # noqa: S105 - the test servers' bootstrap token
 START_TIMEOUT_S = 60.0

@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 import yaml
 
-from modelplane.testing.runtime import free_port
+from modelplane.local.processes import free_port
 
 
 def infer_body(x: np.ndarray) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import httpx
 import torch
+
+from modelplane.local.processes import free_port
 
 MLP_CONFIG = """
 name: "{name}"
@@ -115,12 +116,6 @@ def mlp_config(name: str = "mlp", max_batch_size: int = 64, delay_us: int = 500,
 
 def two_input_config(name: str = "two") -> str:
     return TWO_INPUT_CONFIG.format(name=name)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -11,13 +11,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from modelplane.local.processes import free_port
 from modelplane.serving.registry.webhooks import (
     EVENT_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     verify_signature,
 )
-from modelplane.testing.postgres import free_port
 from modelplane.testing.registry import RegistryProcess
 
 SECRET = "receiver-secret-0123456789"
