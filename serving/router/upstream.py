@@ -301,11 +301,6 @@ class UpstreamPool:
             raise UpstreamConnectionError(f"cannot connect to {hostport}: {exc}") from exc
         return protocol
 
-    def forget(self, hostport: str) -> None:
-        """Close the idle connections to an endpoint that left the route table."""
-        for connection in self._idle.pop(hostport, ()):
-            connection.close()
-
     async def close(self) -> None:
         self._closed = True
         for idle in self._idle.values():

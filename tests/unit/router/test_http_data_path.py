@@ -269,11 +269,9 @@ async def test_pool_errors_say_whether_a_retry_elsewhere_is_safe() -> None:
         writer.close()
 
     for handler, error in ((silent, TimeoutError), (half, UpstreamProtocolError)):
-        server = await asyncio.start_server(handler, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        with pytest.raises(error):
-            await pool.request(f"127.0.0.1:{port}", "GET", "/", [], b"")
-        server.close()
+        async with answering(handler) as authority:
+            with pytest.raises(error):
+                await pool.request(authority, "GET", "/", [], b"")
     await pool.close()
 
 
