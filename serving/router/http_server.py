@@ -12,6 +12,9 @@ uvicorn uses and calls the handler directly. What clients rely on:
   whose headers or body do not arrive within ``body_timeout_s`` is 408 (slow clients cost a timer,
   not a task), a malformed request is 400; each of these closes the connection;
 - idle keep-alive connections close after ``keep_alive_s``;
+- these time limits are deadlines on the connection that one sweep checks a few times a second
+  (at most a quarter of the shortest limit apart), not a timer per request: a timer set and
+  cancelled for every request cost more CPU than parsing it;
 - :meth:`HttpServer.drain` stops accepting, answers in-flight requests with ``Connection: close``,
   closes idle connections and waits (bounded) for the rest.
 """
@@ -108,11 +111,16 @@ class HttpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.pending: deque[tuple[Request, bool]] = deque()
-        self.active: asyncio.Task[None] | None = None
+        self.active = False  # a request is being answered
+        # The connection's worker task answers its requests one after another and then parks on
+        # `_next` until the next one arrives: a task per connection, not one per request.
+        self._worker: asyncio.Task[None] | None = None
+        self._next: asyncio.Future[tuple[Request, bool]] | None = None
         self.closing = False
         self._writable = asyncio.Event()  # cleared while the client does not read what we write
         self._writable.set()
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0  # loop time at which `_on_deadline` runs, if set
+        self._on_deadline: Callable[[], None] | None = None
         self._rejection: tuple[int, str] | None = None  # to answer once the earlier answers are out
         self._reset_message()
 
@@ -165,8 +173,8 @@ class HttpConnection(asyncio.Protocol):
         self._writable.set()
         self._disarm()
         self.server.connections.discard(self)
-        if self.active is not None and not self.active.done():
-            self.active.cancel()  # the client left: stop waiting for its answer
+        if self._worker is not None and not self._worker.done():
+            self._worker.cancel()  # the client left: stop waiting for its answer
         self.pending.clear()
 
     # -- httptools callbacks ------------------------------------------------------------------------
@@ -210,7 +218,7 @@ class HttpConnection(asyncio.Protocol):
                 expect_continue = True
         # Only when no earlier answer is pending (it would come out of order) and the client speaks
         # HTTP/1.1; otherwise the client sends its body after its own short wait.
-        if expect_continue and self.active is None and self.parser.get_http_version() == "1.1":
+        if expect_continue and not self.active and self.parser.get_http_version() == "1.1":
             assert self.transport is not None
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
@@ -236,7 +244,7 @@ class HttpConnection(asyncio.Protocol):
         )
         keep_alive = self.parser.should_keep_alive()
         self._reset_message()
-        if self.active is None:
+        if not self.active:
             self._start(request, keep_alive)
         else:  # pipelined: answer in order, stop reading until the backlog is done
             self.pending.append((request, keep_alive))
@@ -247,9 +255,40 @@ class HttpConnection(asyncio.Protocol):
 
     def _start(self, request: Request, keep_alive: bool) -> None:
         self.server.in_flight += 1
-        self.active = self.loop.create_task(self._handle(request, keep_alive))
+        self.active = True
+        waiter = self._next
+        if waiter is not None and not waiter.done():
+            self._next = None
+            waiter.set_result((request, keep_alive))
+        else:
+            self._worker = self.loop.create_task(self._work(request, keep_alive))
 
-    async def _handle(self, request: Request, keep_alive: bool) -> None:
+    async def _work(self, request: Request, keep_alive: bool) -> None:
+        """Answer this request and the ones after it, in order, until the connection closes."""
+        while True:
+            keep_alive = await self._answer(request, keep_alive)
+            if not keep_alive:
+                self._close()
+                return
+            if self.pending:
+                request, keep_alive = self.pending.popleft()
+                self.server.in_flight += 1
+                self.active = True
+                if not self.pending and self.transport is not None and not self.closing:
+                    self.transport.resume_reading()
+                continue
+            if self._rejection is not None:
+                self._reject(*self._rejection)
+                return
+            if self._in_message:  # the next request is still arriving: its time limit starts now
+                self._arm(self.server.body_timeout_s, self._body_timeout)
+            else:
+                self._arm(self.server.keep_alive_s, self._idle_timeout)
+            self._next = self.loop.create_future()
+            request, keep_alive = await self._next
+
+    async def _answer(self, request: Request, keep_alive: bool) -> bool:
+        """Run the handler and write its answer; returns whether the connection stays open."""
         try:
             try:
                 response = await self.server.handler(request)
@@ -263,41 +302,35 @@ class HttpConnection(asyncio.Protocol):
                 self.transport.write(encode_response(response, keep_alive, request.method == "HEAD"))
             # A client that pipelines without reading: take up its next request only once it has
             # read this answer, so unread answers cannot pile up in the router's memory.
-            await self._writable.wait()
+            if not self._writable.is_set():
+                await self._writable.wait()
         finally:
             self.server.finished()
-            self.active = None
-        if not keep_alive:
-            self._close()
-            return
-        if self.pending:
-            self._start(*self.pending.popleft())
-            if not self.pending and self.transport is not None and not self.closing:
-                self.transport.resume_reading()
-        elif self._rejection is not None:
-            self._reject(*self._rejection)
-        elif self._in_message:  # the next request is still arriving: its time limit starts now
-            self._arm(self.server.body_timeout_s, self._body_timeout)
-        else:
-            self._arm(self.server.keep_alive_s, self._idle_timeout)
+            self.active = False
+        return keep_alive
 
     # -- timers and closing -------------------------------------------------------------------------
 
     def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
-        self._disarm()
-        self._timer = self.loop.call_later(seconds, callback)
+        self._deadline = self.loop.time() + seconds
+        self._on_deadline = callback
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._on_deadline = None
+
+    def check_deadline(self, now: float) -> None:
+        """Run the armed time limit's callback if it is due (called by the server's sweep)."""
+        callback = self._on_deadline
+        if callback is not None and now >= self._deadline:
+            self._on_deadline = None
+            callback()
 
     def _idle_timeout(self) -> None:
-        if self.active is None and not self._in_message:
+        if not self.active and not self._in_message:
             self._close()
 
     def _body_timeout(self) -> None:
-        if self.active is None and self._in_message:
+        if not self.active and self._in_message:
             self._reject(408, f"request not received within {self.server.body_timeout_s:g}s")
 
     def _reject(self, status: int, message: str) -> None:
@@ -311,7 +344,7 @@ class HttpConnection(asyncio.Protocol):
         if transport is None or self.closing:
             self._close()
             return
-        if self.active is not None:  # a pipelined request went bad: answer the earlier ones first
+        if self.active:  # a pipelined request went bad: answer the earlier ones first
             self._rejection = (status, message)
             return
         transport.write(encode_response(error_response(status, message), keep_alive=False))
@@ -328,7 +361,7 @@ class HttpConnection(asyncio.Protocol):
             self.transport.close()
 
     def close_if_idle(self) -> None:
-        if self.active is None and not self._in_message:
+        if not self.active and not self._in_message:
             self._close()
 
 
@@ -350,8 +383,10 @@ class HttpServer:
         self.connections: set[HttpConnection] = set()
         self.in_flight = 0
         self.draining = False
+        self.sweep_s = max(0.01, min(1.0, body_timeout_s / 4, keep_alive_s / 4))
         self._quiet = asyncio.Event()  # set whenever the last request in flight finishes
         self._servers: list[asyncio.Server] = []
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def listen(self, host: str | None = None, port: int = 0, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -362,6 +397,15 @@ class HttpServer:
                 lambda: HttpConnection(self), host, port, backlog=1024, reuse_address=True
             )
         self._servers.append(server)
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(self.sweep_s, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Enforce the connections' time limits (idle, slow headers or body)."""
+        now = loop.time()
+        for connection in list(self.connections):
+            connection.check_deadline(now)
+        self._sweeper = loop.call_later(self.sweep_s, self._sweep, loop)
 
     def finished(self) -> None:
         self.in_flight -= 1
@@ -386,6 +430,9 @@ class HttpServer:
                     await self._quiet.wait()
         for connection in list(self.connections):
             connection._close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await server.wait_closed()
