@@ -4,10 +4,16 @@ One ``modelplane runtime`` serves the reference TorchScript MLP. In front of it,
 run: the router (``--discovery static``, one route to that runtime) and nginx as a plain reverse
 proxy with keep-alive to the same backend (Debian package ``nginx-light`` or ``nginx``; skipped
 with a message when not installed). REST load comes from ``wrk`` pinned to the last CPU, at each
-concurrency, in rotating order over several rounds (the median round is reported). Reported per
-point: req/s, p50/p99, added p50 over direct, throughput ratio, and the router's CPU seconds per
-1,000 requests (from ``/proc``; nginx's too), the figure that carries to machines where the proxy
-and the runtime do not share cores.
+concurrency, in rotating order over several rounds. Reported per point: req/s and p50/p99 of the
+median round; then, for each proxy, its added p50/p99 and throughput ratio against the direct run
+of the same round (the runs of one round are back to back, so a noisy spell hits both sides of a
+pair), as the median over rounds; and the proxy's CPU seconds per 1,000 requests (from ``/proc``),
+the figure that carries to machines where the proxy and the runtime do not share cores.
+
+With ``--isolate`` the proxies (router, nginx) get the first CPU to themselves and the runtime
+shares the last one with wrk, in every run, direct included: the layout of a serving cluster, where
+the router runs on other cores than the model. Without it everything shares all CPUs, and on a
+small machine the proxy's CPU comes straight out of the runtime's.
 
     .venv/bin/python benchmarks/router_overhead.py --duration 10 --rounds 3
 """
@@ -96,17 +102,32 @@ def running_nginx(binary: str, backend: str, work: Path) -> Iterator[tuple[int, 
         process.wait(10)
 
 
+def tree_pids(pid: int) -> list[int]:
+    """A process and its descendants (nginx's master and worker), from ``/proc``."""
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            pending.extend(
+                int(c) for c in Path(f"/proc/{current}/task/{current}/children").read_text().split()
+            )
+    return found
+
+
+def pin(pid: int, cpu: str) -> None:
+    """Pin a process, its threads and its children to ``cpu``."""
+    for each in tree_pids(pid):
+        subprocess.run(["taskset", "-a", "-pc", cpu, str(each)], check=True, capture_output=True)
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """User + system CPU of a process and its children (nginx's master and worker), from ``/proc``."""
     total = 0.0
-    pending = [pid]
-    while pending:
-        current = pending.pop()
+    for each in tree_pids(pid):
         with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{current}/stat").read_text().rpartition(")")[2].split()
+            fields = Path(f"/proc/{each}/stat").read_text().rpartition(")")[2].split()
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-            pending.extend(int(child) for child in children)
     return total
 
 
@@ -130,8 +151,17 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=3, help="repeats of every point; the median is reported"
     )
-    parser.add_argument("--output", type=Path, default=HERE / "results" / "router_overhead.json")
+    parser.add_argument(
+        "--isolate",
+        action="store_true",
+        help="pin the proxies to the first CPU and the runtime to the last one (with wrk)",
+    )
+    parser.add_argument("--output", type=Path, default=None, help="raw results (JSON)")
     args = parser.parse_args()
+    suffix = "_isolated" if args.isolate else ""
+    output = args.output or HERE / "results" / f"router_overhead{suffix}.json"
+    if args.isolate and len(os.sched_getaffinity(0)) < 2:
+        raise SystemExit("--isolate needs at least 2 CPUs")
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: install the Debian package `wrk` (apt-get install wrk)")
     levels = [int(c) for c in args.concurrency.split(",") if c]
@@ -155,10 +185,19 @@ def main() -> None:
         stack.callback(router.stop)
         targets = {"direct": runtime.http_port, "router": router.port}
         cpu_of = {"router": router.cpu_seconds}
+        assert router.process is not None
+        pids = {"router": router.process.pid}
         if nginx is not None:
             port, pid = stack.enter_context(running_nginx(nginx, runtime.http_address, work / "nginx"))
             targets["nginx"] = port
             cpu_of["nginx"] = functools.partial(tree_cpu_seconds, pid)
+            pids["nginx"] = pid
+        if args.isolate:
+            first, last = min(os.sched_getaffinity(0)), max(os.sched_getaffinity(0))
+            assert runtime.process is not None
+            pin(runtime.process.pid, str(last))
+            for pid in pids.values():
+                pin(pid, str(first))
         for port in targets.values():
             check(port)
             run_wrk(port, 8, args.warmup)
@@ -176,17 +215,24 @@ def main() -> None:
                         point["proxy_cpu_s_per_1k"] = cpu / max(point["rps"] * args.duration, 1) * 1000
                     raw[name][c].append(point)
                     print(f"  round {round_index + 1} {name:7} c={c:<3} {json.dumps(point)}", flush=True)
+    figures = report(raw, levels)
     results = {n: {c: median(runs) for c, runs in points.items()} for n, points in raw.items()}
-    report(results, levels)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(
         json.dumps(
-            {"machine": info, "command": " ".join(sys.argv), "results_median": results, "rounds": raw},
+            {
+                "machine": info,
+                "command": " ".join(sys.argv),
+                "isolated": args.isolate,
+                "paired_median": figures,
+                "results_median": results,
+                "rounds": raw,
+            },
             indent=2,
         )
         + "\n"
     )
-    print(f"raw results: {args.output}")
+    print(f"raw results: {output}")
 
 
 def median(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -194,7 +240,32 @@ def median(runs: list[dict[str, float]]) -> dict[str, float]:
     return sorted(runs, key=lambda r: r["p50_ms"])[len(runs) // 2]
 
 
-def report(results: dict[str, dict[int, dict[str, float]]], levels: list[int]) -> None:
+def middle(values: list[float]) -> float:
+    ordered = sorted(values)
+    n = len(ordered)
+    return ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+
+
+def paired(raw: dict[str, dict[int, list[dict[str, float]]]], name: str, level: int) -> dict[str, float]:
+    """Each round's proxy point against the same round's direct point (run back to back), then
+    the median over rounds: a noisy neighbour that slows one round slows both sides of its pair."""
+    pairs = list(zip(raw[name][level], raw["direct"][level], strict=True))
+    figures = {
+        "added_p50_ms": middle([p["p50_ms"] - d["p50_ms"] for p, d in pairs]),
+        "added_p99_ms": middle([p["p99_ms"] - d["p99_ms"] for p, d in pairs]),
+        "throughput_ratio": middle([p["rps"] / max(d["rps"], 1e-9) for p, d in pairs]),
+    }
+    cpu = [p["proxy_cpu_s_per_1k"] for p, _ in pairs if "proxy_cpu_s_per_1k" in p]
+    if cpu:
+        figures["proxy_cpu_s_per_1k"] = middle(cpu)
+    return figures
+
+
+def report(
+    raw: dict[str, dict[int, list[dict[str, float]]]], levels: list[int]
+) -> dict[str, dict[int, dict[str, float]]]:
+    """Print the medians and the paired figures; returns the paired figures per proxy and level."""
+    results = {n: {c: median(runs) for c, runs in points.items()} for n, points in raw.items()}
     print(f"\n{'target':8}" + "".join(f"{'c=' + str(c):>32}" for c in levels))
     for name, points in results.items():
         cells = [
@@ -202,22 +273,22 @@ def report(results: dict[str, dict[int, dict[str, float]]], levels: list[int]) -
         ]
         print(f"{name:8}" + "".join(f"{cell:>32}" for cell in cells))
     print("(median round by p50: req/s, p50/p99 latency)\n")
-    direct = results["direct"]
-    for name in [n for n in results if n != "direct"]:
-        for c in levels:
-            p, d = results[name][c], direct[c]
-            added = p["p50_ms"] - d["p50_ms"]
+    figures = {n: {c: paired(raw, n, c) for c in levels} for n in raw if n != "direct"}
+    for name, by_level in figures.items():
+        for c, f in by_level.items():
             line = (
-                f"{name:6} c={c:<3} added p50 {added:+7.3f} ms  "
-                f"added p99 {p['p99_ms'] - d['p99_ms']:+7.3f} ms  "
-                f"throughput {p['rps'] / max(d['rps'], 1e-9):5.2f}x direct"
+                f"{name:6} c={c:<3} added p50 {f['added_p50_ms']:+7.3f} ms  "
+                f"added p99 {f['added_p99_ms']:+7.3f} ms  "
+                f"throughput {f['throughput_ratio']:5.2f}x direct"
             )
-            if "proxy_cpu_s_per_1k" in p:
-                line += f"  {name} CPU {p['proxy_cpu_s_per_1k']:.3f} s per 1,000 requests"
-            if name == "router" and "nginx" in results:
-                nginx_added = results["nginx"][c]["p50_ms"] - d["p50_ms"]
-                line += f"  added p50 vs nginx's {added:.3f}/{max(nginx_added, 1e-3):.3f} ms"
+            if "proxy_cpu_s_per_1k" in f:
+                line += f"  {name} CPU {f['proxy_cpu_s_per_1k']:.3f} s per 1,000 requests"
+            if name == "router" and "nginx" in figures:
+                nginx_added = figures["nginx"][c]["added_p50_ms"]
+                line += f"  added p50 vs nginx's {f['added_p50_ms']:.3f}/{nginx_added:.3f} ms"
             print(line)
+    print("(each round against the same round's direct run, median over rounds)")
+    return figures
 
 
 if __name__ == "__main__":

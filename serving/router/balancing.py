@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from urllib.parse import urlsplit
@@ -78,9 +78,12 @@ def pick_backend(
 
 
 def pick_endpoint(
-    endpoints: Sequence[Endpoint], rng: random.Random, now: float, exclude: frozenset[str] = frozenset()
+    endpoints: Sequence[Endpoint], rng: random.Random, now: float, exclude: Collection[str] = ()
 ) -> Endpoint | None:
     """Power of two choices over available endpoints (falling back to ejected ones if none is)."""
+    if len(endpoints) == 1:  # the common case of one replica: no choice to make
+        only = endpoints[0]
+        return None if only.key in exclude else only
     candidates = [e for e in endpoints if e.key not in exclude and e.available(now)]
     if not candidates:
         candidates = [e for e in endpoints if e.key not in exclude]

@@ -117,7 +117,7 @@ class Dispatcher:
         last_error = "no endpoint"
         for attempt in range(self.settings.max_attempts):
             now = time.monotonic()
-            endpoint = pick_endpoint(endpoints, self.rng, now, frozenset(tried))
+            endpoint = pick_endpoint(endpoints, self.rng, now, tried)
             if endpoint is None:
                 break
             if attempt > 0:

@@ -266,7 +266,24 @@ class HttpConnection(asyncio.Protocol):
     async def _work(self, request: Request, keep_alive: bool) -> None:
         """Answer this request and the ones after it, in order, until the connection closes."""
         while True:
-            keep_alive = await self._answer(request, keep_alive)
+            try:
+                try:
+                    response = await self.server.handler(request)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("unhandled error answering %s %s", request.method, request.path)
+                    response = error_response(500, "internal router error; see the router's log")
+                keep_alive = keep_alive and not self.server.draining
+                if self.transport is not None and not self.closing:
+                    self.transport.write(encode_response(response, keep_alive, request.method == "HEAD"))
+                # A client that pipelines without reading: take up its next request only once it
+                # has read this answer, so unread answers cannot pile up in the router's memory.
+                if not self._writable.is_set():
+                    await self._writable.wait()
+            finally:
+                self.server.finished()
+                self.active = False
             if not keep_alive:
                 self._close()
                 return
@@ -286,28 +303,6 @@ class HttpConnection(asyncio.Protocol):
                 self._arm(self.server.keep_alive_s, self._idle_timeout)
             self._next = self.loop.create_future()
             request, keep_alive = await self._next
-
-    async def _answer(self, request: Request, keep_alive: bool) -> bool:
-        """Run the handler and write its answer; returns whether the connection stays open."""
-        try:
-            try:
-                response = await self.server.handler(request)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("unhandled error answering %s %s", request.method, request.path)
-                response = error_response(500, "internal router error; see the router's log")
-            keep_alive = keep_alive and not self.server.draining
-            if self.transport is not None and not self.closing:
-                self.transport.write(encode_response(response, keep_alive, request.method == "HEAD"))
-            # A client that pipelines without reading: take up its next request only once it has
-            # read this answer, so unread answers cannot pile up in the router's memory.
-            if not self._writable.is_set():
-                await self._writable.wait()
-        finally:
-            self.server.finished()
-            self.active = False
-        return keep_alive
 
     # -- timers and closing -------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,16 @@ class Forwarded:
     seconds: float
 
 
+def _unavailable(forwarded: Forwarded) -> bool:
+    """The endpoint says it cannot take the request now: the dispatcher tries another."""
+    return forwarded.response.status == 503
+
+
+def _failed(forwarded: Forwarded) -> bool:
+    """A server error: counts toward the endpoint's ejection."""
+    return forwarded.response.status >= 500
+
+
 class HttpFrontEnd:
     """Answers one parsed request (``handle``); ``close`` releases the backend connections."""
 
@@ -88,57 +99,46 @@ class HttpFrontEnd:
         target = parse_target(path, namespace)
         if target is None:
             return error_response(404, f"no V2 model route for {path!r}; use /v2/models/NAME/...")
-        try:
-            forwarded, route, version = await self._route(target, request)
-        except RequestError as exc:
-            self.metrics.request_count(target.model, "", str(exc.status)).inc()
-            return error_response(exc.status, exc.message, exc.retry_after)
-        answer = forwarded.response
-        self.metrics.request_count(target.model, version, str(answer.status)).inc()
-        self.metrics.request_latency(target.model).observe(forwarded.seconds)
-        if route.shadow is not None and target.rest == "/infer" and answer.status == 200:
-            self._maybe_shadow(route, target, request, forwarded)
-        return Response(answer.status, answer.body, answer.headers)
-
-    # -- request handling ---------------------------------------------------------------------------
-
-    async def _route(self, target: Target, request: Request) -> tuple[Forwarded, ModelRoute, str]:
         sticky_value = request.header(STICKY_HEADER)
         sticky = sticky_value.decode("latin-1") if sticky_value is not None else None
+        timeout_s = self.settings.request_timeout_s
 
         async def call(route: ModelRoute, endpoint: Endpoint, version: str) -> Forwarded:
+            started = time.perf_counter()
             try:
-                path = target.backend_path(version, route.backend_model)
-                return await self._forward(endpoint, path, request)
+                response = await self._forward(
+                    endpoint, target.backend_path(version, route.backend_model), request
+                )
             except UpstreamConnectionError as exc:  # refused, reset, connect timeout: try another
                 raise BackendUnavailableError(str(exc)) from exc
             except UpstreamProtocolError as exc:  # it took the request and broke mid-answer: no retry
                 raise RequestError(502, f"model {target.model!r}: {endpoint.key}: {exc}") from None
             except TimeoutError:  # the backend took the request but is slow: retrying would pile on
                 raise RequestError(
-                    504,
-                    f"model {target.model!r}: {endpoint.key} did not answer within "
-                    f"{self.settings.request_timeout_s:g}s",
+                    504, f"model {target.model!r}: {endpoint.key} did not answer within {timeout_s:g}s"
                 ) from None
+            return Forwarded(response, time.perf_counter() - started)
 
-        done = await self.dispatcher.dispatch(
-            target.model,
-            target.namespace,
-            target.version,
-            sticky,
-            call,
-            unavailable=lambda f: f.response.status == 503,
-            failed=lambda f: f.response.status >= 500,
-        )
-        return done.result, done.route, done.version
+        try:
+            done = await self.dispatcher.dispatch(
+                target.model, target.namespace, target.version, sticky, call, _unavailable, _failed
+            )
+        except RequestError as exc:
+            self.metrics.request_count(target.model, "", str(exc.status)).inc()
+            return error_response(exc.status, exc.message, exc.retry_after)
+        forwarded, route = done.result, done.route
+        answer = forwarded.response
+        self.metrics.request_count(target.model, done.version, str(answer.status)).inc()
+        self.metrics.request_latency(target.model).observe(forwarded.seconds)
+        if route.shadow is not None and target.rest == "/infer" and answer.status == 200:
+            self._maybe_shadow(route, target, request, forwarded)
+        return Response(answer.status, answer.body, answer.headers)
 
-    async def _forward(self, endpoint: Endpoint, path: str, request: Request) -> Forwarded:
+    def _forward(self, endpoint: Endpoint, path: str, request: Request) -> Awaitable[UpstreamResponse]:
         if request.query:
             path += "?" + request.query.decode("latin-1")
         method = "GET" if request.method == "HEAD" else request.method  # the front end drops the body
-        started = time.perf_counter()
-        response = await self.pool.request(endpoint.authority, method, path, request.headers, request.body)
-        return Forwarded(response, time.perf_counter() - started)
+        return self.pool.request(endpoint.authority, method, path, request.headers, request.body)
 
     # -- shadow traffic -----------------------------------------------------------------------------
 
@@ -160,15 +160,17 @@ class HttpFrontEnd:
         if endpoint is None:
             self.metrics.shadow.labels(model=route.name, result="error").inc()
             return
+        started = time.perf_counter()
         try:
-            copy = await self._forward(
+            theirs = await self._forward(
                 endpoint, target.backend_path(shadow.version, route.backend_model), request
             )
         except (UpstreamConnectionError, UpstreamProtocolError, TimeoutError):
             self.metrics.shadow.labels(model=route.name, result="error").inc()
             return
-        self.metrics.shadow_latency_delta.labels(model=route.name).observe(copy.seconds - primary.seconds)
-        ours, theirs = primary.response, copy.response
+        seconds = time.perf_counter() - started
+        self.metrics.shadow_latency_delta.labels(model=route.name).observe(seconds - primary.seconds)
+        ours = primary.response
         if theirs.status != 200:
             result = "error"
         else:

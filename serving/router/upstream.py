@@ -29,7 +29,7 @@ import contextlib
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -79,6 +79,7 @@ class _Connection(asyncio.Protocol):
         self.deadline = 0.0  # loop time by which the answer in flight must be complete
         self.hostport = ""
         self.on_lost: Callable[[_Connection], None] | None = None  # the pool forgets it
+        self.on_answered: Callable[[_Connection, bool], None] | None = None  # the pool takes it back
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[UpstreamResponse] | None = None
         self._received = False
@@ -103,7 +104,6 @@ class _Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(UpstreamProtocolError(f"malformed answer from the backend: {exc}"))
-            self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -145,6 +145,8 @@ class _Connection(asyncio.Protocol):
             return
         keep_alive = self._parser.should_keep_alive()
         headers = [(k, v) for k, v in self._headers if k not in HOP_BY_HOP]
+        if self.on_answered is not None:  # free for the next request before this one's task resumes
+            self.on_answered(self, keep_alive)
         waiter.set_result(UpstreamResponse(status, headers, b"".join(self._body), keep_alive))
 
     # -- use ----------------------------------------------------------------------------------------
@@ -166,6 +168,7 @@ class _Connection(asyncio.Protocol):
     def _fail(self, exc: Exception) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(exc)
+        self.close()
 
     def close(self) -> None:
         self.closed = True
@@ -212,10 +215,14 @@ class UpstreamPool:
         self._closed = False
         self._next_reap = 0.0
 
-    async def request(
+    def request(
         self, hostport: str, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes
-    ) -> UpstreamResponse:
-        """Send and await the answer; raises UpstreamConnectionError (retry elsewhere) or TimeoutError."""
+    ) -> Awaitable[UpstreamResponse]:
+        """Send and await the answer; raises UpstreamConnectionError (retry elsewhere) or TimeoutError.
+
+        On a pooled connection this is the connection's own future, with no coroutine around it:
+        the connection goes back to the pool from its protocol callback as the answer completes.
+        """
         data = encode_request(method, hostport, path, headers, body)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.request_timeout_s
@@ -223,44 +230,58 @@ class UpstreamPool:
         if now >= self._next_reap:
             self._reap(now)
         connection = self._take_idle(hostport, now)
-        if connection is not None:
+        if connection is not None and method not in IDEMPOTENT:
+            return self._send(loop, connection, data, deadline)
+        return self._send_retrying_fresh(loop, hostport, method, data, deadline, connection)
+
+    async def _send_retrying_fresh(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        hostport: str,
+        method: str,
+        data: bytes,
+        deadline: float,
+        reused: _Connection | None,
+    ) -> UpstreamResponse:
+        if reused is not None:
             try:
-                return await self._exchange(loop, connection, data, deadline)
+                return await self._send(loop, reused, data, deadline)
             except UpstreamConnectionError:
                 if method not in IDEMPOTENT:
                     raise
                 # Most likely a keep-alive connection the backend had just closed: once more on
                 # a fresh one (safe only because the method may be repeated).
         connection = await self._connect(hostport, deadline - loop.time())
-        return await self._exchange(loop, connection, data, deadline)
+        return await self._send(loop, connection, data, deadline)
 
-    async def _exchange(
+    def _send(
         self, loop: asyncio.AbstractEventLoop, connection: _Connection, data: bytes, deadline: float
-    ) -> UpstreamResponse:
+    ) -> asyncio.Future[UpstreamResponse]:
         connection.deadline = deadline
         self._busy.add(connection)
         if self._sweeper is None:
             self._sweeper = loop.call_later(self.sweep_s, self._sweep, loop)
-        try:
-            response = await connection.send(data, loop)
-        except BaseException:
-            connection.close()  # cancelled, timed out or failed mid-exchange: never reuse it
-            raise
-        finally:
-            self._busy.discard(connection)
-        if response.keep_alive and not connection.closed and not self._closed:
+        return connection.send(data, loop)
+
+    def _answered(self, connection: _Connection, keep_alive: bool) -> None:
+        self._busy.discard(connection)
+        if keep_alive and not connection.closed and not self._closed:
             self._give_back(connection)
         else:
             connection.close()
-        return response
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Fail the requests past their deadline; runs while any request is in flight."""
+        """Fail requests past their deadline and close connections whose request was abandoned
+        (cancelled: the client left); runs while any request is in flight."""
         now = loop.time()
-        for connection in [c for c in self._busy if c.deadline <= now]:
-            connection._fail(
-                TimeoutError(f"{connection.hostport} did not answer within {self.request_timeout_s:g}s")
-            )
+        for connection in list(self._busy):
+            if not connection.busy:
+                self._busy.discard(connection)
+                connection.close()
+            elif connection.deadline <= now:
+                connection._fail(
+                    TimeoutError(f"{connection.hostport} did not answer within {self.request_timeout_s:g}s")
+                )
         self._sweeper = loop.call_later(self.sweep_s, self._sweep, loop) if self._busy else None
 
     def _take_idle(self, hostport: str, now: float) -> _Connection | None:
@@ -288,7 +309,8 @@ class UpstreamPool:
         idle.append(connection)
 
     def _discard(self, connection: _Connection) -> None:
-        """A pooled connection closed (by the backend, or a pod that went away): drop it now."""
+        """A connection closed (by the backend, a pod that went away, or us): drop it now."""
+        self._busy.discard(connection)
         idle = self._idle.get(connection.hostport)
         if idle is None:
             return
@@ -330,6 +352,7 @@ class UpstreamPool:
             raise UpstreamConnectionError(f"cannot connect to {hostport}: {exc}") from exc
         protocol.hostport = hostport
         protocol.on_lost = self._discard
+        protocol.on_answered = self._answered
         return protocol
 
     async def close(self) -> None:
