@@ -193,6 +193,26 @@ async def test_drain_finishes_requests_in_flight_with_connection_close() -> None
         await asyncio.open_connection("127.0.0.1", port)
 
 
+async def test_one_connection_answers_requests_one_after_another_and_leaves_nothing_behind() -> None:
+    async with serving() as (server, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for i in range(3):
+            writer.write(f"GET /n/{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            assert await reader.readexactly(length) == f"GET /n/{i}  0".encode()
+        assert server.in_flight == 0
+        (connection,) = server.connections
+        worker = connection._worker
+        assert worker is not None
+        assert not worker.done()  # parked until the next request
+        writer.close()
+        await asyncio.wait_for(asyncio.gather(worker, return_exceptions=True), 5)  # the client left
+        assert worker.cancelled()
+        assert not server.connections
+
+
 # -- the backend pool -------------------------------------------------------------------------------
 
 
@@ -284,6 +304,35 @@ async def answering(
         yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
     finally:
         server.close()
+
+
+async def test_an_abandoned_request_closes_its_backend_connection() -> None:
+    """A request cancelled mid-flight (its client left) must not leave its connection in the pool,
+    where the late answer would be read as the next request's."""
+    pool = UpstreamPool(request_timeout_s=1.0)
+    closed = asyncio.Event()
+    accepted: list[int] = []
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                if len(accepted) == 1:
+                    await reader.read()  # never answers the first connection: waits for its close
+                    closed.set()
+                    return
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+
+    async with answering(slow) as authority:
+        pending = asyncio.ensure_future(pool.request(authority, "POST", "/", [], b""))
+        await asyncio.sleep(0.1)
+        pending.cancel()
+        await asyncio.wait_for(closed.wait(), 5)  # closed by the pool's sweep, well before the timeout
+        assert (await pool.request(authority, "POST", "/", [], b"")).body == b"ok"
+        assert len(accepted) == 2
+    await pool.close()
 
 
 async def test_a_reused_connection_that_drops_a_request_resends_only_idempotent_methods() -> None:
