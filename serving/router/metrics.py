@@ -21,7 +21,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -190,7 +190,12 @@ class RouterMetrics:
     def __init__(
         self, registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self.registry = registry or CollectorRegistry()
+        if registry is None:
+            registry = CollectorRegistry()
+            # CPU, memory and open files of the router process (``process_cpu_seconds_total``...):
+            # one router process uses at most one core, so its CPU is what to size routers by.
+            ProcessCollector(registry=registry)
+        self.registry = registry
         r = self.registry
         self.concurrency = ConcurrencyCollector(clock)
         r.register(self.concurrency)

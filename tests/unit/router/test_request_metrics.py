@@ -50,3 +50,9 @@ def test_the_same_labels_update_one_series() -> None:
     assert metrics.request_latency("iris") is metrics.request_latency("iris")
     assert metrics.model_in_flight("iris") is metrics.model_in_flight("iris")
     assert metrics.model_in_flight("iris") is not metrics.model_in_flight("other")
+
+
+def test_the_router_reports_its_own_cpu_for_sizing() -> None:
+    got = samples(RouterMetrics())
+    assert ("process_cpu_seconds_total", ()) in got
+    assert got[("process_cpu_seconds_total", ())] > 0
