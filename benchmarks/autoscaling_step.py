@@ -45,13 +45,14 @@ import numpy as np
 from modelplane.devcluster import build
 from modelplane.devcluster import cluster as devcluster
 from modelplane.devcluster.kube import Api, ApiError, Credentials
+from modelplane.operator.autoscaler.metrics import parse_router_page
 from modelplane.serving.router.balancing import authority_of
 from modelplane.serving.router.upstream import UpstreamPool, UpstreamProtocolError
 from modelplane.testing.cluster import Cluster, wait_for
 from modelplane.testing.modeldeployments import md_manifest, wait_ready
 from modelplane.testing.operator import OperatorProcess, register_mlp
 from modelplane.testing.registry import ADMIN_TOKEN, RegistryProcess
-from modelplane.testing.router import RouterProcess, metric_sum
+from modelplane.testing.router import RouterProcess
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -172,10 +173,11 @@ def read_router(router: RouterProcess) -> RouterReading:
         text = router.metrics_text()
     except httpx.HTTPError:
         return RouterReading()
+    page = parse_router_page(text)  # read as the autoscaler reads it
     return RouterReading(
-        in_flight=metric_sum(text, "modelplane_router_in_flight_requests", model=model),
-        area=metric_sum(text, "modelplane_router_concurrency_seconds_total", model=model),
-        uptime=metric_sum(text, "modelplane_router_uptime_seconds"),
+        in_flight=page.in_flight.get(model, 0.0),
+        area=(page.areas or {}).get(model, 0.0),
+        uptime=page.uptime if page.uptime is not None else math.nan,
     )
 
 
