@@ -82,6 +82,27 @@ _VERSION_EXTRAS = union_all(  # tags and aliases of one version, in one round tr
 )
 
 
+# The columns of a version that its public form shows (read from an ORM row or a Core row alike).
+_VERSION_COLUMNS = (
+    "version",
+    "description",
+    "author",
+    "source",
+    "run_id",
+    "framework",
+    "signature",
+    "metrics",
+    "params",
+    "status",
+    "status_message",
+    "artifact_digest",
+    "artifact_size",
+    "artifact_filename",
+    "created_at",
+    "updated_at",
+)
+
+
 def _version_from_row(
     m: Mapping[Any, Any], model: str, tags: dict[str, str], aliases: list[str]
 ) -> schemas.VersionPublic:
@@ -228,29 +249,10 @@ class SqlStore(RegistryStore):
     def _version_public(
         row: ModelVersion, aliases: list[str], model_name: str | None = None
     ) -> schemas.VersionPublic:
-        artifact = None
-        if row.artifact_digest is not None:
-            artifact = schemas.ArtifactInfo(
-                digest=row.artifact_digest, size=row.artifact_size or 0, filename=row.artifact_filename or ""
-            )
-        return schemas.VersionPublic(
-            model=model_name if model_name is not None else row.model.name,
-            version=row.version,
-            description=row.description,
-            author=row.author,
-            source=row.source,
-            run_id=row.run_id,
-            framework=row.framework,
-            signature=schemas.Signature.model_validate(row.signature) if row.signature else None,
-            metrics=row.metrics,
-            params=row.params,
-            tags={t.key: t.value for t in row.tags},
-            status=row.status,
-            status_message=row.status_message,
-            artifact=artifact,
-            aliases=aliases,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
+        columns = {name: getattr(row, name) for name in _VERSION_COLUMNS}
+        tags = {t.key: t.value for t in row.tags}
+        return _version_from_row(
+            columns, model_name if model_name is not None else row.model.name, tags, aliases
         )
 
     def _model_versioned(self, session: Session, row: RegisteredModel) -> Versioned[schemas.ModelPublic]:
