@@ -83,7 +83,7 @@ _VERSION_EXTRAS = union_all(  # tags and aliases of one version, in one round tr
 
 
 # The columns of a version that its public form shows (read from an ORM row or a Core row alike).
-_VERSION_COLUMNS = (
+_PUBLIC_VERSION_FIELDS = (
     "version",
     "description",
     "author",
@@ -249,7 +249,7 @@ class SqlStore(RegistryStore):
     def _version_public(
         row: ModelVersion, aliases: list[str], model_name: str | None = None
     ) -> schemas.VersionPublic:
-        columns = {name: getattr(row, name) for name in _VERSION_COLUMNS}
+        columns = {name: getattr(row, name) for name in _PUBLIC_VERSION_FIELDS}
         tags = {t.key: t.value for t in row.tags}
         return _version_from_row(
             columns, model_name if model_name is not None else row.model.name, tags, aliases
