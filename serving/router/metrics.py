@@ -11,8 +11,8 @@ the router's own interval (free of scrape latency) and see a restart as the cloc
 
 The per-request metrics (requests, latency, in flight) are plain Python numbers behind a collector
 (:class:`RequestMetrics`), not ``prometheus_client`` metric objects: those take a lock on every
-update, which the router's single event loop does not need, and a tenth of its CPU per request went
-to them. Scrapes read them on the same loop; the exposition is the same.
+update, which the router's single event loop does not need, and the latency histogram searches its
+buckets in Python. Scrapes read them on the same loop; the exposition is the same.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ connection for the next request. What the router relies on:
   backend closes, or that sit idle past the timeout, leave the pool;
 - connect and whole-request timeouts (a request timeout is :class:`TimeoutError`, never retried).
   The request deadline is a number on the connection, checked by one sweep a few times a second
-  for all busy connections, not a timer per request: that saves a tenth of the router's CPU per
-  request and fires at most ``sweep_s`` late.
+  for all busy connections, not an ``asyncio.timeout`` per request (8.5 µs of CPU each); it fires
+  at most ``sweep_s`` late.
 """
 
 from __future__ import annotations
