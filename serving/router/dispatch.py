@@ -112,10 +112,36 @@ class Dispatcher:
         if not endpoints:
             raise RequestError(404, f"model {model!r} has no version {chosen!r}")
         self.budget.deposit()
-        load = self.metrics.model_concurrency(route.name)
-        tried: set[str] = set()
-        last_error = "no endpoint"
-        for attempt in range(self.settings.max_attempts):
+        return await self._attempts(model, route, chosen, call, unavailable, failed, set(), "no endpoint")
+
+    async def retry_elsewhere(
+        self,
+        model: str,
+        route: ModelRoute,
+        version: str,
+        tried: set[str],
+        last_error: str,
+        call: Callable[[ModelRoute, Endpoint, str], Awaitable[T]],
+        unavailable: Callable[[T], bool],
+        failed: Callable[[T], bool],
+    ) -> Dispatched[T]:
+        """Go on with a request whose first attempt (made elsewhere, on ``tried``) failed to connect
+        or was answered "unavailable": the same retries, budget and errors as :meth:`dispatch`."""
+        return await self._attempts(model, route, version, call, unavailable, failed, tried, last_error)
+
+    async def _attempts(
+        self,
+        model: str,
+        route: ModelRoute,
+        chosen: str,
+        call: Callable[[ModelRoute, Endpoint, str], Awaitable[T]],
+        unavailable: Callable[[T], bool],
+        failed: Callable[[T], bool],
+        tried: set[str],
+        last_error: str,
+    ) -> Dispatched[T]:
+        endpoints = route.endpoints.get(chosen, [])
+        for attempt in range(len(tried), self.settings.max_attempts):
             now = time.monotonic()
             endpoint = pick_endpoint(endpoints, self.rng, now, tried)
             if endpoint is None:
@@ -125,23 +151,19 @@ class Dispatcher:
                     break
                 self.metrics.retries.labels(model=route.name).inc()
             tried.add(endpoint.key)
-            endpoint.outstanding += 1
-            self.metrics.model_in_flight(route.name).inc()
-            load.add(1)
+            self.begin_attempt(route, endpoint)
             try:
                 result = await call(route, endpoint, chosen)
             except BackendUnavailableError as exc:
                 last_error = f"{endpoint.key}: {exc}"
-                self._record(route, endpoint, False, endpoints)
+                self.record(route, endpoint, False, endpoints)
                 continue
             except RequestError:  # the call gave up on this endpoint (a timeout): counts as a failure
-                self._record(route, endpoint, False, endpoints)
+                self.record(route, endpoint, False, endpoints)
                 raise
             finally:
-                endpoint.outstanding -= 1
-                self.metrics.model_in_flight(route.name).dec()
-                load.add(-1)
-            self._record(route, endpoint, not failed(result), endpoints)
+                self.end_attempt(route, endpoint)
+            self.record(route, endpoint, not failed(result), endpoints)
             if unavailable(result) and attempt + 1 < self.settings.max_attempts:
                 last_error = f"{endpoint.key} is unavailable"
                 continue
@@ -150,8 +172,20 @@ class Dispatcher:
             502, f"model {model!r}: no endpoint answered ({last_error})", self.settings.retry_after_s
         )
 
-    def _record(self, route: ModelRoute, endpoint: Endpoint, ok: bool, endpoints: list[Endpoint]) -> None:
-        if record_result(endpoint, ok, time.monotonic(), endpoints, self.ejection):
+    def begin_attempt(self, route: ModelRoute, endpoint: Endpoint) -> None:
+        """A request is now in flight to ``endpoint``: count it (balancing, gauges, integrator)."""
+        endpoint.outstanding += 1
+        self.metrics.model_in_flight(route.name).inc()
+        self.metrics.model_concurrency(route.name).add(1)
+
+    def end_attempt(self, route: ModelRoute, endpoint: Endpoint) -> None:
+        endpoint.outstanding -= 1
+        self.metrics.model_in_flight(route.name).dec()
+        self.metrics.model_concurrency(route.name).add(-1)
+
+    def record(self, route: ModelRoute, endpoint: Endpoint, ok: bool, peers: list[Endpoint]) -> None:
+        """An attempt's outcome, for passive outlier ejection (``peers``: the version's endpoints)."""
+        if record_result(endpoint, ok, time.monotonic(), peers, self.ejection):
             self.metrics.ejections.labels(model=route.name).inc()
 
     async def _await_activation(self, route: ModelRoute) -> None:
@@ -168,11 +202,16 @@ class Dispatcher:
             self.metrics.queued.labels(model=route.name).dec()
             load.add(-1)
 
-    def _choose_version(self, route: ModelRoute, sticky: str | None) -> str:
+    def pick_version(self, route: ModelRoute, sticky: str | None) -> str | None:
+        """The version a request goes to (weighted, or by the sticky key); None if none takes traffic."""
         live = [b for b in route.backends if route.endpoints.get(b.version)]
         backend = pick_backend(live, self.rng, sticky)
-        if backend is None:
+        return backend.version if backend is not None else None
+
+    def _choose_version(self, route: ModelRoute, sticky: str | None) -> str:
+        version = self.pick_version(route, sticky)
+        if version is None:
             raise RequestError(
                 503, f"model {route.name!r} has no version taking traffic", self.settings.retry_after_s
             )
-        return backend.version
+        return version

@@ -64,6 +64,9 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+# Takes a request and answers it later through the given function, from whatever callback the
+# answer arrives in; returns False (and does nothing) for a request it leaves to the `Handler`.
+FastHandler = Callable[[Request, Callable[[Response], None]], bool]
 
 
 def json_response(status: int, payload: object, headers: list[tuple[bytes, bytes]] | None = None) -> Response:
@@ -111,11 +114,11 @@ class HttpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.pending: deque[tuple[Request, bool]] = deque()
-        self.active = False  # a request is being answered
-        # The connection's worker task answers its requests one after another and then parks on
-        # `_next` until the next one arrives: a task per connection, not one per request.
-        self._worker: asyncio.Task[None] | None = None
-        self._next: asyncio.Future[tuple[Request, bool]] | None = None
+        self.active = False  # a request is being answered (or its answer is still being read)
+        self._task: asyncio.Task[None] | None = None  # the handler of a request the fast path left
+        self._keep_alive = True  # of the request being answered
+        self._head = False
+        self._respond = self._answer  # bound once: the fast handler gets it for every request
         self.closing = False
         self._writable = asyncio.Event()  # cleared while the client does not read what we write
         self._writable.set()
@@ -173,8 +176,8 @@ class HttpConnection(asyncio.Protocol):
         self._writable.set()
         self._disarm()
         self.server.connections.discard(self)
-        if self._worker is not None and not self._worker.done():
-            self._worker.cancel()  # the client left: stop waiting for its answer
+        if self._task is not None and not self._task.done():
+            self._task.cancel()  # the client left: stop waiting for its answer
         self.pending.clear()
 
     # -- httptools callbacks ------------------------------------------------------------------------
@@ -256,53 +259,57 @@ class HttpConnection(asyncio.Protocol):
     def _start(self, request: Request, keep_alive: bool) -> None:
         self.server.in_flight += 1
         self.active = True
-        waiter = self._next
-        if waiter is not None and not waiter.done():
-            self._next = None
-            waiter.set_result((request, keep_alive))
-        else:
-            self._worker = self.loop.create_task(self._work(request, keep_alive))
+        self._keep_alive = keep_alive
+        self._head = request.method == "HEAD"
+        fast = self.server.fast_handler
+        if fast is None or not fast(request, self._respond):
+            self._task = self.loop.create_task(self._handle(request))
 
-    async def _work(self, request: Request, keep_alive: bool) -> None:
-        """Answer this request and the ones after it, in order, until the connection closes."""
-        while True:
-            try:
-                try:
-                    response = await self.server.handler(request)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("unhandled error answering %s %s", request.method, request.path)
-                    response = error_response(500, "internal router error; see the router's log")
-                keep_alive = keep_alive and not self.server.draining
-                if self.transport is not None and not self.closing:
-                    self.transport.write(encode_response(response, keep_alive, request.method == "HEAD"))
-                # A client that pipelines without reading: take up its next request only once it
-                # has read this answer, so unread answers cannot pile up in the router's memory.
-                if not self._writable.is_set():
-                    await self._writable.wait()
-            finally:
-                self.server.finished()
-                self.active = False
-            if not keep_alive:
-                self._close()
-                return
-            if self.pending:
-                request, keep_alive = self.pending.popleft()
-                self.server.in_flight += 1
-                self.active = True
-                if not self.pending and self.transport is not None and not self.closing:
-                    self.transport.resume_reading()
-                continue
-            if self._rejection is not None:
-                self._reject(*self._rejection)
-                return
-            if self._in_message:  # the next request is still arriving: its time limit starts now
-                self._arm(self.server.body_timeout_s, self._body_timeout)
-            else:
-                self._arm(self.server.keep_alive_s, self._idle_timeout)
-            self._next = self.loop.create_future()
-            request, keep_alive = await self._next
+    async def _handle(self, request: Request) -> None:
+        try:
+            response = await self.server.handler(request)
+        except asyncio.CancelledError:  # the client left
+            self.server.finished()
+            raise
+        except Exception:
+            log.exception("unhandled error answering %s %s", request.method, request.path)
+            response = error_response(500, "internal router error; see the router's log")
+        self._answer(response)
+
+    def _answer(self, response: Response) -> None:
+        """Write the answer to the request being handled, then take up what comes next."""
+        keep_alive = self._keep_alive and not self.server.draining
+        if self.transport is not None and not self.closing:
+            self.transport.write(encode_response(response, keep_alive, self._head))
+        self.server.finished()
+        if self._writable.is_set():
+            self._next(keep_alive)
+        else:
+            # A client that pipelines without reading: take up its next request only once it has
+            # read this answer, so unread answers cannot pile up in the router's memory.
+            self._task = self.loop.create_task(self._next_when_read(keep_alive))
+
+    async def _next_when_read(self, keep_alive: bool) -> None:
+        await self._writable.wait()
+        self._next(keep_alive)
+
+    def _next(self, keep_alive: bool) -> None:
+        self.active = False
+        if not keep_alive:
+            self._close()
+        elif self.closing:
+            return
+        elif self.pending:
+            request, keep_alive = self.pending.popleft()
+            if not self.pending and self.transport is not None:
+                self.transport.resume_reading()
+            self._start(request, keep_alive)
+        elif self._rejection is not None:
+            self._reject(*self._rejection)
+        elif self._in_message:  # the next request is still arriving: its time limit starts now
+            self._arm(self.server.body_timeout_s, self._body_timeout)
+        else:
+            self._arm(self.server.keep_alive_s, self._idle_timeout)
 
     # -- timers and closing -------------------------------------------------------------------------
 
@@ -367,11 +374,13 @@ class HttpServer:
         self,
         handler: Handler,
         *,
+        fast_handler: FastHandler | None = None,
         max_body_bytes: int = 64 * 1024 * 1024,
         body_timeout_s: float = 30.0,
         keep_alive_s: float = 30.0,
     ) -> None:
         self.handler = handler
+        self.fast_handler = fast_handler
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
         self.keep_alive_s = keep_alive_s

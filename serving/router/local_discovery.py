@@ -55,7 +55,9 @@ class LocalRouter:
         self.http = HttpFrontEnd(
             self.dispatcher, HttpSettings(max_body_bytes=max_body_bytes, request_timeout_s=request_timeout_s)
         )
-        self._http_server = HttpServer(self.http.handle, max_body_bytes=max_body_bytes)
+        self._http_server = HttpServer(
+            self.http.handle, fast_handler=self.http.forward_fast, max_body_bytes=max_body_bytes
+        )
         self.grpc_front = GrpcFrontEnd(self.dispatcher, max_body_bytes, request_timeout_s)
         self._grpc_server: grpc.aio.Server | None = None
 

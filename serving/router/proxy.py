@@ -13,8 +13,9 @@ asyncio over ``httptools``): the router's budget is a fraction of a millisecond 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,8 @@ from modelplane.serving.router.upstream import (
     UpstreamProtocolError,
     UpstreamResponse,
 )
+
+log = logging.getLogger("modelplane.router.proxy")
 
 STICKY_HEADER = b"x-modelplane-session"
 _NAMESPACE_HEADER = NAMESPACE_HEADER.encode()
@@ -66,6 +69,11 @@ def _failed(forwarded: Forwarded) -> bool:
     return forwarded.response.status >= 500
 
 
+def _sticky(request: Request) -> str | None:
+    value = request.header(STICKY_HEADER)
+    return value.decode("latin-1") if value is not None else None
+
+
 class HttpFrontEnd:
     """Answers one parsed request (``handle``); ``close`` releases the backend connections."""
 
@@ -75,10 +83,10 @@ class HttpFrontEnd:
         self.settings = settings or HttpSettings()
         self.draining = False
         self.pool = UpstreamPool(self.settings.connect_timeout_s, self.settings.request_timeout_s)
-        self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # retries and shadow copies
 
     async def close(self) -> None:
-        for task in list(self._shadow_tasks):
+        for task in list(self._tasks):
             task.cancel()
         await self.pool.close()
 
@@ -94,49 +102,173 @@ class HttpFrontEnd:
             )
         if path in _INDEX and request.method in ("GET", "POST"):
             return json_response(200, self._index())
-        namespace_header = request.header(_NAMESPACE_HEADER)
-        namespace = namespace_header.decode("latin-1") if namespace_header else None
-        target = parse_target(path, namespace)
+        target = self._target(request)
         if target is None:
             return error_response(404, f"no V2 model route for {path!r}; use /v2/models/NAME/...")
-        sticky_value = request.header(STICKY_HEADER)
-        sticky = sticky_value.decode("latin-1") if sticky_value is not None else None
-        timeout_s = self.settings.request_timeout_s
+        try:
+            done = await self.dispatcher.dispatch(
+                target.model,
+                target.namespace,
+                target.version,
+                _sticky(request),
+                self._caller(target, request),
+                _unavailable,
+                _failed,
+            )
+        except RequestError as exc:
+            return self._refused(target, exc)
+        return self._answered(target, request, done.route, done.version, done.result)
+
+    def forward_fast(self, request: Request, respond: Callable[[Response], None]) -> bool:
+        """Forward an inference from the protocol callbacks, without a task: the common case.
+
+        Takes a POST for a ready model when an idle pooled connection to the chosen endpoint is at
+        hand, sends it, and answers through ``respond`` from the backend connection's callback: two
+        event-loop turns per request instead of four, and no coroutines. Anything else (another
+        method, a model scaled to zero, no idle connection, a health check) returns False for
+        :meth:`handle`. A first attempt that fails to connect or is answered 503 goes on in
+        :meth:`Dispatcher.retry_elsewhere`, with the same retries, budget and errors.
+        """
+        if request.method != "POST":
+            return False
+        target = self._target(request)
+        if target is None:
+            return False
+        dispatcher = self.dispatcher
+        try:
+            route = dispatcher.lookup(target.model, target.namespace)
+        except RequestError:
+            return False
+        if not route.ready():
+            return False
+        version = (
+            target.version if target.version is not None else dispatcher.pick_version(route, _sticky(request))
+        )
+        endpoints = route.endpoints.get(version) if version is not None else None
+        if version is None or not endpoints:
+            return False
+        endpoint = pick_endpoint(endpoints, dispatcher.rng, time.monotonic())
+        if endpoint is None:
+            return False
+        started = time.perf_counter()
+
+        def done(response: UpstreamResponse | None, error: BaseException | None) -> None:
+            dispatcher.end_attempt(route, endpoint)
+            if response is not None and (response.status != 503 or dispatcher.settings.max_attempts <= 1):
+                dispatcher.record(route, endpoint, response.status < 500, endpoints)
+                forwarded = Forwarded(response, time.perf_counter() - started)
+                respond(self._answered(target, request, route, version, forwarded))
+                return
+            dispatcher.record(route, endpoint, False, endpoints)
+            if response is not None or isinstance(error, UpstreamConnectionError):
+                last_error = (
+                    f"{endpoint.key} is unavailable" if response is not None else f"{endpoint.key}: {error}"
+                )
+                self._track(self._retry(target, request, route, version, {endpoint.key}, last_error, respond))
+            elif isinstance(error, TimeoutError):
+                respond(self._refused(target, self._timed_out(target, endpoint)))
+            else:  # it took the request and broke mid-answer: no retry
+                respond(
+                    self._refused(
+                        target, RequestError(502, f"model {target.model!r}: {endpoint.key}: {error}")
+                    )
+                )
+
+        path = self._backend_path(target, route, version, request)
+        if not self.pool.send_pooled(endpoint.authority, "POST", path, request.headers, request.body, done):
+            return False
+        dispatcher.budget.deposit()
+        dispatcher.begin_attempt(route, endpoint)
+        return True
+
+    async def _retry(
+        self,
+        target: Target,
+        request: Request,
+        route: ModelRoute,
+        version: str,
+        tried: set[str],
+        last_error: str,
+        respond: Callable[[Response], None],
+    ) -> None:
+        try:
+            done = await self.dispatcher.retry_elsewhere(
+                target.model,
+                route,
+                version,
+                tried,
+                last_error,
+                self._caller(target, request),
+                _unavailable,
+                _failed,
+            )
+        except RequestError as exc:
+            respond(self._refused(target, exc))
+        except Exception:
+            log.exception("unhandled error retrying %s", request.path)
+            respond(error_response(500, "internal router error; see the router's log"))
+        else:
+            respond(self._answered(target, request, done.route, done.version, done.result))
+
+    # -- request handling ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _target(request: Request) -> Target | None:
+        namespace_header = request.header(_NAMESPACE_HEADER)
+        namespace = namespace_header.decode("latin-1") if namespace_header else None
+        return parse_target(request.path, namespace)
+
+    def _caller(
+        self, target: Target, request: Request
+    ) -> Callable[[ModelRoute, Endpoint, str], Awaitable[Forwarded]]:
+        """The dispatcher's ``call``: forward to one endpoint, mapping failures to retry or not."""
 
         async def call(route: ModelRoute, endpoint: Endpoint, version: str) -> Forwarded:
             started = time.perf_counter()
             try:
                 response = await self._forward(
-                    endpoint, target.backend_path(version, route.backend_model), request
+                    endpoint, self._backend_path(target, route, version, request), request
                 )
             except UpstreamConnectionError as exc:  # refused, reset, connect timeout: try another
                 raise BackendUnavailableError(str(exc)) from exc
             except UpstreamProtocolError as exc:  # it took the request and broke mid-answer: no retry
                 raise RequestError(502, f"model {target.model!r}: {endpoint.key}: {exc}") from None
             except TimeoutError:  # the backend took the request but is slow: retrying would pile on
-                raise RequestError(
-                    504, f"model {target.model!r}: {endpoint.key} did not answer within {timeout_s:g}s"
-                ) from None
+                raise self._timed_out(target, endpoint) from None
             return Forwarded(response, time.perf_counter() - started)
 
-        try:
-            done = await self.dispatcher.dispatch(
-                target.model, target.namespace, target.version, sticky, call, _unavailable, _failed
-            )
-        except RequestError as exc:
-            self.metrics.request_count(target.model, "", str(exc.status)).inc()
-            return error_response(exc.status, exc.message, exc.retry_after)
-        forwarded, route = done.result, done.route
+        return call
+
+    def _timed_out(self, target: Target, endpoint: Endpoint) -> RequestError:
+        limit = self.settings.request_timeout_s
+        return RequestError(504, f"model {target.model!r}: {endpoint.key} did not answer within {limit:g}s")
+
+    def _refused(self, target: Target, exc: RequestError) -> Response:
+        self.metrics.request_count(target.model, "", str(exc.status)).inc()
+        return error_response(exc.status, exc.message, exc.retry_after)
+
+    def _answered(
+        self, target: Target, request: Request, route: ModelRoute, version: str, forwarded: Forwarded
+    ) -> Response:
         answer = forwarded.response
-        self.metrics.request_count(target.model, done.version, str(answer.status)).inc()
+        self.metrics.request_count(target.model, version, str(answer.status)).inc()
         self.metrics.request_latency(target.model).observe(forwarded.seconds)
         if route.shadow is not None and target.rest == "/infer" and answer.status == 200:
             self._maybe_shadow(route, target, request, forwarded)
         return Response(answer.status, answer.body, answer.headers)
 
+    @staticmethod
+    def _backend_path(target: Target, route: ModelRoute, version: str, request: Request) -> str:
+        path = target.backend_path(version, route.backend_model)
+        return path + "?" + request.query.decode("latin-1") if request.query else path
+
+    def _track(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run background work (retries, shadow copies), kept referenced until it finishes."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _forward(self, endpoint: Endpoint, path: str, request: Request) -> Awaitable[UpstreamResponse]:
-        if request.query:
-            path += "?" + request.query.decode("latin-1")
         method = "GET" if request.method == "HEAD" else request.method  # the front end drops the body
         return self.pool.request(endpoint.authority, method, path, request.headers, request.body)
 
@@ -147,9 +279,7 @@ class HttpFrontEnd:
         assert shadow is not None
         if self.dispatcher.rng.randrange(100) >= shadow.weight:
             return
-        task = asyncio.get_running_loop().create_task(self._shadow(route, shadow, target, request, primary))
-        self._shadow_tasks.add(task)
-        task.add_done_callback(self._shadow_tasks.discard)
+        self._track(self._shadow(route, shadow, target, request, primary))
 
     async def _shadow(
         self, route: ModelRoute, shadow: Backend, target: Target, request: Request, primary: Forwarded
@@ -163,7 +293,7 @@ class HttpFrontEnd:
         started = time.perf_counter()
         try:
             theirs = await self._forward(
-                endpoint, target.backend_path(shadow.version, route.backend_model), request
+                endpoint, self._backend_path(target, route, shadow.version, request), request
             )
         except (UpstreamConnectionError, UpstreamProtocolError, TimeoutError):
             self.metrics.shadow.labels(model=route.name, result="error").inc()

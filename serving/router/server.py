@@ -94,7 +94,10 @@ async def serve(options: RouterOptions, activate: Callable[[str], Awaitable[None
         HttpSettings(max_body_bytes=options.max_body_bytes, request_timeout_s=options.request_timeout_s),
     )
     http_server = HttpServer(
-        http.handle, max_body_bytes=options.max_body_bytes, body_timeout_s=options.body_timeout_s
+        http.handle,
+        fast_handler=http.forward_fast,
+        max_body_bytes=options.max_body_bytes,
+        body_timeout_s=options.body_timeout_s,
     )
     grpc_front = GrpcFrontEnd(dispatcher, options.max_body_bytes, options.request_timeout_s)
     grpc_server: grpc.aio.Server | None = None

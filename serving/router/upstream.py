@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import time
 from collections import deque
@@ -34,6 +35,8 @@ from dataclasses import dataclass
 from typing import cast
 
 import httptools
+
+log = logging.getLogger("modelplane.router.upstream")
 
 # Headers that describe the connection, not the message: never forwarded either way.
 HOP_BY_HOP = frozenset(
@@ -69,6 +72,34 @@ class UpstreamResponse:
     keep_alive: bool
 
 
+class _Callback:
+    """A waiter that calls back instead of waking a task: ``callback(response, None)`` or
+    ``callback(None, error)``, once, from the protocol callback that completes the exchange."""
+
+    __slots__ = ("_callback", "_done")
+
+    def __init__(self, callback: Callable[[UpstreamResponse | None, BaseException | None], None]) -> None:
+        self._callback = callback
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, response: UpstreamResponse) -> None:
+        self._done = True
+        self._call(response, None)
+
+    def set_exception(self, error: BaseException) -> None:
+        self._done = True
+        self._call(None, error)
+
+    def _call(self, response: UpstreamResponse | None, error: BaseException | None) -> None:
+        try:
+            self._callback(response, error)
+        except Exception:  # never into the protocol callback: that would close the connection
+            log.exception("error handling a backend answer")
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection to a backend; at most one request in flight."""
 
@@ -81,7 +112,7 @@ class _Connection(asyncio.Protocol):
         self.on_lost: Callable[[_Connection], None] | None = None  # the pool forgets it
         self.on_answered: Callable[[_Connection, bool], None] | None = None  # the pool takes it back
         self._parser = httptools.HttpResponseParser(self)
-        self._waiter: asyncio.Future[UpstreamResponse] | None = None
+        self._waiter: asyncio.Future[UpstreamResponse] | _Callback | None = None
         self._received = False
         self._headers_done = False
         self._headers: list[tuple[bytes, bytes]] = []
@@ -151,15 +182,15 @@ class _Connection(asyncio.Protocol):
 
     # -- use ----------------------------------------------------------------------------------------
 
-    def send(self, data: bytes, loop: asyncio.AbstractEventLoop) -> asyncio.Future[UpstreamResponse]:
+    def start(self, data: bytes, waiter: asyncio.Future[UpstreamResponse] | _Callback) -> None:
+        """Send one request; ``waiter`` gets its answer or the error."""
         assert self.transport is not None
         self._received = False
         self._headers_done = False
         self._headers = []
         self._body = []
-        self._waiter = loop.create_future()
+        self._waiter = waiter
         self.transport.write(data)
-        return self._waiter
 
     @property
     def busy(self) -> bool:
@@ -257,11 +288,50 @@ class UpstreamPool:
     def _send(
         self, loop: asyncio.AbstractEventLoop, connection: _Connection, data: bytes, deadline: float
     ) -> asyncio.Future[UpstreamResponse]:
+        waiter: asyncio.Future[UpstreamResponse] = loop.create_future()
+        self._start(loop, connection, data, deadline, waiter)
+        return waiter
+
+    def _start(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        connection: _Connection,
+        data: bytes,
+        deadline: float,
+        waiter: asyncio.Future[UpstreamResponse] | _Callback,
+    ) -> None:
         connection.deadline = deadline
         self._busy.add(connection)
         if self._sweeper is None:
             self._sweeper = loop.call_later(self.sweep_s, self._sweep, loop)
-        return connection.send(data, loop)
+        connection.start(data, waiter)
+
+    def send_pooled(
+        self,
+        hostport: str,
+        method: str,
+        path: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        callback: Callable[[UpstreamResponse | None, BaseException | None], None],
+    ) -> bool:
+        """Send on an idle pooled connection and call ``callback(response, error)`` from the
+        protocol callback that completes the exchange (no task, no future); False, and nothing
+        sent, when no idle connection is at hand (then :meth:`request` dials one).
+
+        For methods that are not re-sent (see ``IDEMPOTENT``): a connection that fails before any
+        byte of the answer gives :class:`UpstreamConnectionError`, for the caller to decide.
+        """
+        now = time.monotonic()
+        if now >= self._next_reap:
+            self._reap(now)
+        connection = self._take_idle(hostport, now)
+        if connection is None:
+            return False
+        loop = asyncio.get_running_loop()
+        data = encode_request(method, hostport, path, headers, body)
+        self._start(loop, connection, data, loop.time() + self.request_timeout_s, _Callback(callback))
+        return True
 
     def _answered(self, connection: _Connection, keep_alive: bool) -> None:
         self._busy.discard(connection)
