@@ -262,7 +262,13 @@ class HttpConnection(asyncio.Protocol):
         self._keep_alive = keep_alive
         self._head = request.method == "HEAD"
         fast = self.server.fast_handler
-        if fast is None or not fast(request, self._respond):
+        try:
+            taken = fast is not None and fast(request, self._respond)
+        except Exception:  # inside the parser's callback: answer here, not as a malformed request
+            log.exception("unhandled error answering %s %s", request.method, request.path)
+            self._answer(error_response(500, "internal router error; see the router's log"))
+            return
+        if not taken:
             self._task = self.loop.create_task(self._handle(request))
 
     async def _handle(self, request: Request) -> None:

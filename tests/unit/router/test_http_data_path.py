@@ -212,6 +212,22 @@ async def test_one_connection_answers_requests_one_after_another_and_leaves_noth
         assert server.in_flight == 0
 
 
+async def test_a_failing_fast_handler_answers_500_not_a_malformed_request() -> None:
+    def broken(request: Request, respond: object) -> bool:
+        raise RuntimeError("a bug")
+
+    server = HttpServer(echo, fast_handler=broken)
+    await server.listen("127.0.0.1", 0)
+    try:
+        answer = await exchange(
+            server.ports[0], b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n" * 2, 2
+        )
+    finally:
+        await server.drain(1.0)
+    assert answer.count(b"HTTP/1.1 500") == 2  # both answered, on the same connection
+    assert b"internal router error" in answer
+
+
 # -- the backend pool -------------------------------------------------------------------------------
 
 
