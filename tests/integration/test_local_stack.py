@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from modelplane.local.demo import SAMPLE_CLASS
+from modelplane.local.stack import STOP_HINT
 from modelplane.testing.local import UpProcess, alive, children_of
 
 pytestmark = pytest.mark.timeout(600)
@@ -93,7 +94,7 @@ def _printed_curl(output: str) -> tuple[str, dict[str, object]]:
 
 def _printed_snippet(output: str) -> str:
     start = output.index("import numpy as np")
-    end = output.index("Stop with Ctrl-C.")
+    end = output.index(STOP_HINT)
     return output[start:end]
 
 

@@ -41,6 +41,7 @@ from modelplane.serving.router.local_discovery import LocalRouter
 log = logging.getLogger("modelplane.up")
 
 READY_LINE = "Modelplane is ready."
+STOP_HINT = "Stop with Ctrl-C."  # the last line of what is printed once ready
 
 
 class StackError(RuntimeError):
@@ -281,7 +282,7 @@ class Stack:
             self.console.print(Panel(Syntax(snippet, "python", theme="ansi_dark"), expand=False))
         else:
             self.console.print(snippet, soft_wrap=True, highlight=False, markup=False)
-        self.console.print("Stop with Ctrl-C.\n")
+        self.console.print(f"{STOP_HINT}\n")
 
     async def _show_status(self, supervisor: Supervisor) -> None:
         def current() -> dict[str, Any]:

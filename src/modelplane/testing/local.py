@@ -14,7 +14,7 @@ from typing import Any
 
 from modelplane.local.layout import read_json
 from modelplane.local.processes import free_port
-from modelplane.local.stack import READY_LINE
+from modelplane.local.stack import READY_LINE, STOP_HINT
 
 
 def children_of(pid: int) -> set[int]:
@@ -89,7 +89,10 @@ class UpProcess:
             time.sleep(0.1)
 
     def wait_ready(self, timeout_s: float = 240.0) -> UpProcess:
+        """Until the ready message is out whole (the curl command and snippet come after its first line)."""
+        deadline = time.monotonic() + timeout_s
         self.wait_for(READY_LINE, timeout_s)
+        self.wait_for(STOP_HINT, max(1.0, deadline - time.monotonic()))
         return self
 
     def status(self) -> dict[str, Any]:
