@@ -80,6 +80,12 @@ def error_response(status: int, message: str, retry_after: int | None = None) ->
     return json_response(status, {"error": message}, extra)
 
 
+def internal_error(request: Request) -> Response:
+    """Log the exception being handled and answer 500: a bug in the router, not the request."""
+    log.exception("unhandled error answering %s %s", request.method, request.path)
+    return error_response(500, "internal router error; see the router's log")
+
+
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 
@@ -265,8 +271,7 @@ class HttpConnection(asyncio.Protocol):
         try:
             taken = fast is not None and fast(request, self._respond)
         except Exception:  # inside the parser's callback: answer here, not as a malformed request
-            log.exception("unhandled error answering %s %s", request.method, request.path)
-            self._answer(error_response(500, "internal router error; see the router's log"))
+            self._answer(internal_error(request))
             return
         if not taken:
             self._task = self.loop.create_task(self._handle(request))
@@ -278,8 +283,7 @@ class HttpConnection(asyncio.Protocol):
             self.server.finished()
             raise
         except Exception:
-            log.exception("unhandled error answering %s %s", request.method, request.path)
-            response = error_response(500, "internal router error; see the router's log")
+            response = internal_error(request)
         self._answer(response)
 
     def _answer(self, response: Response) -> None:

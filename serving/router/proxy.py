@@ -13,7 +13,6 @@ asyncio over ``httptools``): the router's budget is a fraction of a millisecond 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -23,7 +22,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from modelplane.serving.router.balancing import Backend, Endpoint, pick_endpoint
 from modelplane.serving.router.dispatch import BackendUnavailableError, Dispatcher, RequestError
-from modelplane.serving.router.http_server import Request, Response, error_response, json_response
+from modelplane.serving.router.http_server import (
+    Request,
+    Response,
+    error_response,
+    internal_error,
+    json_response,
+)
 from modelplane.serving.router.paths import NAMESPACE_HEADER, Target, parse_target
 from modelplane.serving.router.routes import ModelRoute
 from modelplane.serving.router.shadow import outputs_match
@@ -33,8 +38,6 @@ from modelplane.serving.router.upstream import (
     UpstreamProtocolError,
     UpstreamResponse,
 )
-
-log = logging.getLogger("modelplane.router.proxy")
 
 STICKY_HEADER = b"x-modelplane-session"
 _NAMESPACE_HEADER = NAMESPACE_HEADER.encode()
@@ -168,11 +171,7 @@ class HttpFrontEnd:
             elif isinstance(error, TimeoutError):
                 respond(self._refused(target, self._timed_out(target, endpoint)))
             else:  # it took the request and broke mid-answer: no retry
-                respond(
-                    self._refused(
-                        target, RequestError(502, f"model {target.model!r}: {endpoint.key}: {error}")
-                    )
-                )
+                respond(self._refused(target, self._broke(target, endpoint, error)))
 
         path = self._backend_path(target, route, version, request)
         if not self.pool.send_pooled(endpoint.authority, "POST", path, request.headers, request.body, done):
@@ -205,8 +204,7 @@ class HttpFrontEnd:
         except RequestError as exc:
             respond(self._refused(target, exc))
         except Exception:
-            log.exception("unhandled error retrying %s", request.path)
-            respond(error_response(500, "internal router error; see the router's log"))
+            respond(internal_error(request))
         else:
             respond(self._answered(target, request, done.route, done.version, done.result))
 
@@ -232,12 +230,16 @@ class HttpFrontEnd:
             except UpstreamConnectionError as exc:  # refused, reset, connect timeout: try another
                 raise BackendUnavailableError(str(exc)) from exc
             except UpstreamProtocolError as exc:  # it took the request and broke mid-answer: no retry
-                raise RequestError(502, f"model {target.model!r}: {endpoint.key}: {exc}") from None
+                raise self._broke(target, endpoint, exc) from None
             except TimeoutError:  # the backend took the request but is slow: retrying would pile on
                 raise self._timed_out(target, endpoint) from None
             return Forwarded(response, time.perf_counter() - started)
 
         return call
+
+    @staticmethod
+    def _broke(target: Target, endpoint: Endpoint, error: BaseException | None) -> RequestError:
+        return RequestError(502, f"model {target.model!r}: {endpoint.key}: {error}")
 
     def _timed_out(self, target: Target, endpoint: Endpoint) -> RequestError:
         limit = self.settings.request_timeout_s

@@ -257,10 +257,7 @@ class UpstreamPool:
         data = encode_request(method, hostport, path, headers, body)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.request_timeout_s
-        now = time.monotonic()
-        if now >= self._next_reap:
-            self._reap(now)
-        connection = self._take_idle(hostport, now)
+        connection = self._take_idle(hostport)
         if connection is not None and method not in IDEMPOTENT:
             return self._send(loop, connection, data, deadline)
         return self._send_retrying_fresh(loop, hostport, method, data, deadline, connection)
@@ -322,10 +319,7 @@ class UpstreamPool:
         For methods that are not re-sent (see ``IDEMPOTENT``): a connection that fails before any
         byte of the answer gives :class:`UpstreamConnectionError`, for the caller to decide.
         """
-        now = time.monotonic()
-        if now >= self._next_reap:
-            self._reap(now)
-        connection = self._take_idle(hostport, now)
+        connection = self._take_idle(hostport)
         if connection is None:
             return False
         loop = asyncio.get_running_loop()
@@ -354,7 +348,11 @@ class UpstreamPool:
                 )
         self._sweeper = loop.call_later(self.sweep_s, self._sweep, loop) if self._busy else None
 
-    def _take_idle(self, hostport: str, now: float) -> _Connection | None:
+    def _take_idle(self, hostport: str) -> _Connection | None:
+        """The warmest usable idle connection to ``hostport`` (reaping idle ones when due)."""
+        now = time.monotonic()
+        if now >= self._next_reap:
+            self._reap(now)
         idle = self._idle.get(hostport)
         if not idle:
             return None
