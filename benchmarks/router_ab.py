@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from modelplane.local.processes import cpu_times
 from modelplane.testing.router import RouterProcess, write_routes
 from modelplane.testing.runtime import RuntimeProcess, make_mlp, mlp_config, write_model
 
@@ -29,13 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runtime_vs_peers import machine, run_wrk
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def cpu_split(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / ticks, int(fields[12]) / ticks
 
 
 def main() -> None:
@@ -83,9 +76,9 @@ def main() -> None:
             for name in order:
                 router = routers[name]
                 assert router.process is not None
-                user0, sys0 = cpu_split(router.process.pid)
+                user0, sys0 = cpu_times(router.process.pid)
                 point = run_wrk(router.port, args.concurrency, args.duration)
-                user1, sys1 = cpu_split(router.process.pid)
+                user1, sys1 = cpu_times(router.process.pid)
                 thousands = max(point["rps"] * args.duration / 1000, 1e-9)
                 point["user_s_per_1k"] = (user1 - user0) / thousands
                 point["sys_s_per_1k"] = (sys1 - sys0) / thousands

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import httpx
 
-from modelplane.local.processes import free_port
+from modelplane.local.processes import cpu_times, free_port
 from modelplane.testing.router import RouterProcess, write_routes
 from modelplane.testing.runtime import RuntimeProcess, make_mlp, mlp_config, write_model
 
@@ -126,8 +126,7 @@ def tree_cpu_seconds(pid: int) -> float:
     total = 0.0
     for each in tree_pids(pid):
         with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{each}/stat").read_text().rpartition(")")[2].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            total += sum(cpu_times(each))
     return total
 
 

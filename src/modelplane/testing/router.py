@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 import yaml
 
-from modelplane.local.processes import free_port
+from modelplane.local.processes import cpu_times, free_port
 
 
 def infer_body(x: np.ndarray) -> dict[str, Any]:
@@ -125,9 +125,7 @@ class RouterProcess:
     def cpu_seconds(self) -> float:
         """User + system CPU time of the router process so far (Linux ``/proc``)."""
         assert self.process is not None
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
-        ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-        return ticks / os.sysconf("SC_CLK_TCK")
+        return sum(cpu_times(self.process.pid))
 
     def stop(self, timeout_s: float = 30.0) -> int:
         """SIGTERM, wait for exit (kill after ``timeout_s``); returns the exit code."""
