@@ -6,16 +6,25 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# A C compiler for the router's compiled request path (setup.py, MODELPLANE_COMPILE=1).
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md LICENSE ./
+COPY pyproject.toml setup.py README.md LICENSE ./
 COPY src ./src
 COPY operator ./operator
 COPY serving ./serving
 COPY deploy/devcluster ./deploy/devcluster
-# The control plane never runs a model: the CPU-only torch wheel keeps the image small.
+# The control plane never runs a model: the CPU-only torch wheel keeps the image small. The package
+# is installed twice: first for its dependencies (which mypyc type-checks against), then rebuilt
+# with the router's request path compiled; mypy is only a build tool and leaves again.
 RUN python -m venv /opt/modelplane \
  && /opt/modelplane/bin/pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0" \
- && /opt/modelplane/bin/pip install . \
+ && /opt/modelplane/bin/pip install . "mypy==2.4.1" "setuptools>=68" wheel \
+ && MODELPLANE_COMPILE=1 /opt/modelplane/bin/pip install --no-deps --no-build-isolation --force-reinstall . \
+ && /opt/modelplane/bin/pip uninstall -y mypy \
  && find /opt/modelplane -name '__pycache__' -type d -prune -exec rm -rf {} +
 
 FROM ${PYTHON_IMAGE}

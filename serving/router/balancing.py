@@ -14,7 +14,7 @@ import hashlib
 import random
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 
@@ -30,7 +30,7 @@ class Endpoint:
     ejections: int = 0
     ejected_until: float = 0.0
 
-    @cached_property
+    @property
     def authority(self) -> str:
         """``host:port`` of ``http``: what the connection pool dials."""
         return authority_of(self.http)
@@ -39,6 +39,7 @@ class Endpoint:
         return now >= self.ejected_until
 
 
+@lru_cache(maxsize=4096)  # asked on every request; compiled classes cannot use cached_property
 def authority_of(url: str) -> str:
     """``host:port`` of a plain-HTTP base URL (port 80 when absent); ValueError for anything else."""
     parts = urlsplit(url)
@@ -62,8 +63,8 @@ def pick_backend(
 ) -> Backend | None:
     """Choose a version by weight; the same sticky key always lands on the same version."""
     weighted = [b for b in backends if b.weight > 0]
-    if not weighted:
-        return None
+    if len(weighted) <= 1:  # no split (the common case), so nothing to draw
+        return weighted[0] if weighted else None
     total = sum(b.weight for b in weighted)
     if sticky_key is not None:
         digest = hashlib.blake2b(sticky_key.encode(), digest_size=8).digest()

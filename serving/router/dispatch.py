@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from mypy_extensions import mypyc_attr
+
 from modelplane.serving.router.activation import ActivationQueue, ActivationTimeoutError, QueueFullError
 from modelplane.serving.router.balancing import (
     EjectionPolicy,
@@ -56,6 +58,7 @@ class DispatchSettings:
     retry_after_s: int = 5
 
 
+@mypyc_attr(native_class=False)  # compiled builds: mypyc's generic dataclasses fail at import
 @dataclass
 class Dispatched(Generic[T]):
     result: T
@@ -152,17 +155,20 @@ class Dispatcher:
                 self.metrics.retries.labels(model=route.name).inc()
             tried.add(endpoint.key)
             self.begin_attempt(route, endpoint)
+            refused: str | None = None
             try:
                 result = await call(route, endpoint, chosen)
             except BackendUnavailableError as exc:
-                last_error = f"{endpoint.key}: {exc}"
-                self.record(route, endpoint, False, endpoints)
-                continue
+                refused = f"{endpoint.key}: {exc}"
             except RequestError:  # the call gave up on this endpoint (a timeout): counts as a failure
                 self.record(route, endpoint, False, endpoints)
                 raise
             finally:
                 self.end_attempt(route, endpoint)
+            if refused is not None:
+                last_error = refused
+                self.record(route, endpoint, False, endpoints)
+                continue
             self.record(route, endpoint, not failed(result), endpoints)
             if unavailable(result) and attempt + 1 < self.settings.max_attempts:
                 last_error = f"{endpoint.key} is unavailable"

@@ -111,6 +111,12 @@ class _RequestRejectedError(Exception):
         self.message = message
 
 
+def _query(url: httptools.parser.url_parser.URL) -> bytes:
+    """The URL's query, b"" when it has none (httptools' stub says bytes; it is None then)."""
+    query: bytes | None = getattr(url, "query")  # noqa: B009 - read untyped: compiled code checks types
+    return query or b""
+
+
 class HttpConnection(asyncio.Protocol):
     """One client connection: parse requests, run the handler for each in order, write answers."""
 
@@ -247,7 +253,7 @@ class HttpConnection(asyncio.Protocol):
         request = Request(
             method=self.parser.get_method().decode("latin-1"),
             path=path,
-            query=parsed.query or b"",
+            query=_query(parsed),
             headers=self._headers,
             body=b"".join(self._body),
         )

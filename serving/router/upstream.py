@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import cast
 
 import httptools
+from mypy_extensions import mypyc_attr
 
 log = logging.getLogger("modelplane.router.upstream")
 
@@ -60,6 +61,7 @@ HOP_BY_HOP = frozenset(
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
+@mypyc_attr(native_class=False)  # compiled builds: mypyc cannot subclass OSError natively
 class UpstreamConnectionError(ConnectionError):
     """The backend could not be reached or dropped the connection before answering."""
 
@@ -105,6 +107,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the one it runs on, once connected
         self.closed = False
         self.idle_since = 0.0
         self.deadline = 0.0  # loop time by which the answer in flight must be complete
@@ -122,6 +125,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.loop = asyncio.get_running_loop()
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -322,7 +326,8 @@ class UpstreamPool:
         connection = self._take_idle(hostport)
         if connection is None:
             return False
-        loop = asyncio.get_running_loop()
+        loop = connection.loop
+        assert loop is not None  # set as it connected
         data = encode_request(method, hostport, path, headers, body)
         self._start(loop, connection, data, loop.time() + self.request_timeout_s, _Callback(callback))
         return True

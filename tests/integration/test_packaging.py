@@ -9,7 +9,6 @@ editable path entry, and ``PYTHONPATH`` does not read ``.pth`` files), so every 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -21,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from modelplane import __version__
+from modelplane.testing.compiled import copy_sources
 
 REPO = Path(__file__).resolve().parents[2]
-SOURCES = ("pyproject.toml", "README.md", "LICENSE", "src", "operator", "serving", "deploy/devcluster")
 
 
 def run(*cmd: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
@@ -39,13 +38,7 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """sdist and wheel built from a copy of the sources (the checkout gets no build/ or egg-info)."""
     base = tmp_path_factory.mktemp("packaging")
     tree = base / "src-tree"
-    for name in SOURCES:
-        source, target = REPO / name, tree / name
-        if source.is_dir():
-            shutil.copytree(source, target, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
+    copy_sources(tree)
     out = base / "dist"
     run(sys.executable, "-m", "build", "--no-isolation", "--outdir", out, tree)
     return out

@@ -1,0 +1,112 @@
+"""The package as the control image ships it: a wheel whose router request path is mypyc-compiled.
+
+``compiled_package()`` builds that wheel from a copy of the sources (``MODELPLANE_COMPILE=1``, see
+``setup.py``) and unpacks it into a folder under the cache; put the folder first on ``PYTHONPATH``
+and every ``modelplane`` import comes from the wheel. The folder is keyed by a hash of the sources,
+Python and mypy, so a second call with nothing changed returns at once and an edited module is
+never run stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from modelplane.devcluster.build import cache_root
+
+REPO = Path(__file__).resolve().parents[3]
+# What a build of the package reads (the same set the packaging test builds from).
+SOURCES = (
+    "pyproject.toml",
+    "setup.py",
+    "README.md",
+    "LICENSE",
+    "src",
+    "operator",
+    "serving",
+    "deploy/devcluster",
+)
+
+
+class CompileError(RuntimeError):
+    """The compiled build failed; the message carries the build's output."""
+
+
+def copy_sources(tree: Path) -> None:
+    """Copy what a build reads into ``tree`` (symlinks kept, no bytecode)."""
+    for name in SOURCES:
+        source, target = REPO / name, tree / name
+        if source.is_dir():
+            shutil.copytree(
+                source,
+                target,
+                symlinks=True,
+                ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.egg-info", "build"),
+            )
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+
+
+def sources_digest() -> str:
+    """A hash of every source file of the package and of the tools that compile it."""
+    import mypy.version
+
+    digest = hashlib.sha256(f"{sys.version}|{mypy.version.__version__}".encode())
+    for name in SOURCES:
+        root = REPO / name
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for path in files:
+            if "__pycache__" in path.parts or path.suffix in (".pyc", ".so"):
+                continue
+            digest.update(str(path.relative_to(REPO)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def compiled_package(root: Path | None = None) -> Path:
+    """The folder holding the unpacked compiled wheel (built now unless the cache has it)."""
+    base = (root or cache_root()) / "compiled"
+    target = base / sources_digest()
+    if (target / "modelplane").is_dir():
+        return target
+    base.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=base) as scratch:
+        tree, dist = Path(scratch) / "tree", Path(scratch) / "dist"
+        copy_sources(tree)
+        result = subprocess.run(
+            [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(tree)],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "MODELPLANE_COMPILE": "1"},
+        )
+        if result.returncode != 0:
+            output = f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+            raise CompileError(f"the compiled build failed:\n{output}")
+        (wheel,) = dist.glob("*.whl")
+        unpacked = Path(scratch) / "unpacked"
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extractall(unpacked)
+        for old in base.iterdir():  # one build per cache: earlier sources are never wanted again
+            if old.name != Path(scratch).name:
+                shutil.rmtree(old, ignore_errors=True)
+        try:
+            unpacked.rename(target)
+        except OSError:  # another process finished the same build first
+            if not (target / "modelplane").is_dir():
+                raise
+    return target
+
+
+def compiled_env(root: Path | None = None) -> dict[str, str]:
+    """Environment additions that make a Python subprocess import the compiled package."""
+    path = str(compiled_package(root))
+    existing = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": path + (os.pathsep + existing if existing else "")}
