@@ -8,6 +8,12 @@ so a noisy spell hits both. Reported: the median over rounds of each router's CP
 requests (user and system, from ``/proc``), req/s and p50, and the new/old ratios.
 
     .venv/bin/python benchmarks/router_ab.py --base c3c4d93 --concurrency 64 --rounds 6
+
+Both routers are the compiled build the control image ships (``setup.py``; built once per source
+state and cached) unless ``--old-build source`` / ``--new-build source``; the same revision on both
+sides with different builds measures what compiling gives:
+
+    .venv/bin/python benchmarks/router_ab.py --base HEAD --old-build source --new-build compiled
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 from modelplane.local.processes import cpu_times
+from modelplane.testing.compiled import compiled_env
 from modelplane.testing.router import RouterProcess, write_routes
 from modelplane.testing.runtime import RuntimeProcess, make_mlp, mlp_config, write_model
 
@@ -39,6 +46,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64, help="wrk connections")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per run")
     parser.add_argument("--rounds", type=int, default=6)
+    for side in ("old", "new"):
+        parser.add_argument(
+            f"--{side}-build",
+            choices=("compiled", "source"),
+            default="compiled",
+            help=f"the {side} router as the control image ships it (mypyc, see setup.py) or as source",
+        )
     args = parser.parse_args()
     print(json.dumps(machine(), indent=2), flush=True)
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
@@ -59,12 +73,10 @@ def main() -> None:
             work / "routes.yaml",
             {"mlp": [{"version": "1", "http": runtime.http_url, "grpc": runtime.grpc_address}]},
         )
+        # Each tree's package comes first on the path, ahead of the installed working tree.
         routers = {
-            # The old tree's package comes first on the path, ahead of the installed working tree.
-            "old": RouterProcess(
-                log_path=work / "old.log", routes=routes, env={"PYTHONPATH": str(base_tree / "src")}
-            ),
-            "new": RouterProcess(log_path=work / "new.log", routes=routes),
+            side: RouterProcess(log_path=work / f"{side}.log", routes=routes, env=package_env(tree, build))
+            for side, tree, build in (("old", base_tree, args.old_build), ("new", REPO, args.new_build))
         }
         for router in routers.values():
             router.start()
@@ -101,6 +113,14 @@ def main() -> None:
         f"  new/old: CPU per request {cpu_ratio:.2f}x, req/s {new['rps'] / old['rps']:.2f}x, "
         f"p50 {new['p50_ms'] / old['p50_ms']:.2f}x"
     )
+
+
+def package_env(tree: Path, build: str) -> dict[str, str]:
+    """PYTHONPATH for a router run from ``tree``, compiled (built once, cached) or as source."""
+    if build == "compiled":
+        print(f"compiled build of {tree} (a minute the first time)...", flush=True)
+        return compiled_env(tree)
+    return {"PYTHONPATH": str(tree / "src")}
 
 
 if __name__ == "__main__":

@@ -16,6 +16,9 @@ the router runs on other cores than the model. Without it everything shares all 
 small machine the proxy's CPU comes straight out of the runtime's.
 
     .venv/bin/python benchmarks/router_overhead.py --duration 10 --rounds 3
+
+The router is the build the control image ships, its request path compiled by mypyc (``setup.py``;
+built once per source state and cached); ``--build source`` runs the interpreted source instead.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from pathlib import Path
 import httpx
 
 from modelplane.local.processes import cpu_times, free_port
+from modelplane.testing.compiled import compiled_env
 from modelplane.testing.router import RouterProcess, write_routes
 from modelplane.testing.runtime import RuntimeProcess, make_mlp, mlp_config, write_model
 
@@ -155,6 +159,12 @@ def main() -> None:
         action="store_true",
         help="pin the proxies to the first CPU and the runtime to the last one (with wrk)",
     )
+    parser.add_argument(
+        "--build",
+        choices=("compiled", "source"),
+        default="compiled",
+        help="the router as the control image ships it (request path compiled by mypyc) or as source",
+    )
     parser.add_argument("--output", type=Path, default=None, help="raw results (JSON)")
     args = parser.parse_args()
     suffix = "_isolated" if args.isolate else ""
@@ -172,6 +182,11 @@ def main() -> None:
             "nginx is not installed: skipping the nginx reference (apt-get install nginx-light)", flush=True
         )
 
+    if args.build == "compiled":
+        print("compiled build of the router (a minute the first time)...", flush=True)
+    router_env = compiled_env() if args.build == "compiled" else {}
+    info["router_build"] = args.build
+
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
         write_model(work / "models", "mlp", make_mlp(0), mlp_config("mlp"))
@@ -180,7 +195,7 @@ def main() -> None:
             work / "routes.yaml",
             {"mlp": [{"version": "1", "http": runtime.http_url, "grpc": runtime.grpc_address}]},
         )
-        router = RouterProcess(log_path=work / "router.log", routes=routes).start()
+        router = RouterProcess(log_path=work / "router.log", routes=routes, env=router_env).start()
         stack.callback(router.stop)
         targets = {"direct": runtime.http_port, "router": router.port}
         cpu_of = {"router": router.cpu_seconds}

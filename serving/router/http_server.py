@@ -28,7 +28,6 @@ import logging
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import cast
 
@@ -41,13 +40,18 @@ MAX_HEADER_COUNT = 100
 REJECT_LINGER_S = 2.0  # how long a refused client may go on sending before the socket closes
 
 
-@dataclass
 class Request:
-    method: str
-    path: str
-    query: bytes
-    headers: list[tuple[bytes, bytes]]  # names lower-case, in order received
-    body: bytes
+    # Made per request: a plain class, not a dataclass (see setup.py).
+    __slots__ = ("body", "headers", "method", "path", "query")
+
+    def __init__(
+        self, method: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers  # names lower-case, in order received
+        self.body = body
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
@@ -56,11 +60,16 @@ class Request:
         return None
 
 
-@dataclass
 class Response:
-    status: int
-    body: bytes = b""
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # without content-length
+    # Made per request: a plain class, not a dataclass (see setup.py).
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(
+        self, status: int, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers if headers is not None else []  # without content-length
 
 
 Handler = Callable[[Request], Awaitable[Response]]

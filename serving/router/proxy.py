@@ -56,10 +56,13 @@ class HttpSettings:
     request_timeout_s: float = 120.0
 
 
-@dataclass
 class Forwarded:
-    response: UpstreamResponse
-    seconds: float
+    # Made per request: a plain class, not a dataclass (see setup.py).
+    __slots__ = ("response", "seconds")
+
+    def __init__(self, response: UpstreamResponse, seconds: float) -> None:
+        self.response = response
+        self.seconds = seconds
 
 
 def _unavailable(forwarded: Forwarded) -> bool:

@@ -31,7 +31,6 @@ import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import cast
 
 import httptools
@@ -66,12 +65,17 @@ class UpstreamConnectionError(ConnectionError):
     """The backend could not be reached or dropped the connection before answering."""
 
 
-@dataclass
 class UpstreamResponse:
-    status: int
-    headers: list[tuple[bytes, bytes]]  # lower-case names, hop-by-hop headers removed
-    body: bytes
-    keep_alive: bool
+    # Made per request: a plain class, not a dataclass (see setup.py).
+    __slots__ = ("body", "headers", "keep_alive", "status")
+
+    def __init__(
+        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, keep_alive: bool
+    ) -> None:
+        self.status = status
+        self.headers = headers  # lower-case names, hop-by-hop headers removed
+        self.body = body
+        self.keep_alive = keep_alive
 
 
 class _Callback:

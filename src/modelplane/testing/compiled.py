@@ -34,14 +34,17 @@ SOURCES = (
 )
 
 
+KEEP_BUILDS = 4  # a few source states (an A/B benchmark needs two) without the cache growing for ever
+
+
 class CompileError(RuntimeError):
     """The compiled build failed; the message carries the build's output."""
 
 
-def copy_sources(tree: Path) -> None:
-    """Copy what a build reads into ``tree`` (symlinks kept, no bytecode)."""
+def copy_sources(tree: Path, repo: Path = REPO) -> None:
+    """Copy what a build of ``repo`` reads into ``tree`` (symlinks kept, no bytecode)."""
     for name in SOURCES:
-        source, target = REPO / name, tree / name
+        source, target = repo / name, tree / name
         if source.is_dir():
             shutil.copytree(
                 source,
@@ -54,32 +57,35 @@ def copy_sources(tree: Path) -> None:
             shutil.copy2(source, target)
 
 
-def sources_digest() -> str:
+def sources_digest(repo: Path = REPO) -> str:
     """A hash of every source file of the package and of the tools that compile it."""
     import mypy.version
 
     digest = hashlib.sha256(f"{sys.version}|{mypy.version.__version__}".encode())
     for name in SOURCES:
-        root = REPO / name
+        root = repo / name
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
         for path in files:
             if "__pycache__" in path.parts or path.suffix in (".pyc", ".so"):
                 continue
-            digest.update(str(path.relative_to(REPO)).encode())
+            digest.update(str(path.relative_to(repo)).encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 
-def compiled_package(root: Path | None = None) -> Path:
-    """The folder holding the unpacked compiled wheel (built now unless the cache has it)."""
-    base = (root or cache_root()) / "compiled"
-    target = base / sources_digest()
+def compiled_package(repo: Path = REPO, cache: Path | None = None) -> Path:
+    """The folder holding the unpacked compiled wheel of ``repo``'s sources (a git worktree of another
+    revision, say), built now unless the cache has it."""
+    base = (cache or cache_root()) / "compiled"
+    target = base / sources_digest(repo)
     if (target / "modelplane").is_dir():
+        target.touch()  # recently used: kept by the pruning below
         return target
     base.mkdir(parents=True, exist_ok=True)
+    _prune(base, keep=KEEP_BUILDS - 1)
     with tempfile.TemporaryDirectory(dir=base) as scratch:
         tree, dist = Path(scratch) / "tree", Path(scratch) / "dist"
-        copy_sources(tree)
+        copy_sources(tree, repo)
         result = subprocess.run(
             [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(tree)],
             capture_output=True,
@@ -91,12 +97,11 @@ def compiled_package(root: Path | None = None) -> Path:
             output = f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
             raise CompileError(f"the compiled build failed:\n{output}")
         (wheel,) = dist.glob("*.whl")
+        if wheel.name.endswith("-none-any.whl"):  # e.g. a revision from before setup.py
+            raise CompileError(f"{repo} built a pure-Python wheel ({wheel.name}): nothing to compile")
         unpacked = Path(scratch) / "unpacked"
         with zipfile.ZipFile(wheel) as archive:
             archive.extractall(unpacked)
-        for old in base.iterdir():  # one build per cache: earlier sources are never wanted again
-            if old.name != Path(scratch).name:
-                shutil.rmtree(old, ignore_errors=True)
         try:
             unpacked.rename(target)
         except OSError:  # another process finished the same build first
@@ -105,8 +110,15 @@ def compiled_package(root: Path | None = None) -> Path:
     return target
 
 
-def compiled_env(root: Path | None = None) -> dict[str, str]:
-    """Environment additions that make a Python subprocess import the compiled package."""
-    path = str(compiled_package(root))
+def _prune(base: Path, keep: int) -> None:
+    """Remove all but the ``keep`` most recently used builds (and any half-made scratch folder)."""
+    builds = sorted((p for p in base.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in builds[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def compiled_env(repo: Path = REPO) -> dict[str, str]:
+    """Environment additions that make a Python subprocess import ``repo``'s compiled package."""
+    path = str(compiled_package(repo))
     existing = os.environ.get("PYTHONPATH")
     return {"PYTHONPATH": path + (os.pathsep + existing if existing else "")}
