@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from modelplane.local.layout import read_json
-from modelplane.local.processes import free_port
+from modelplane.local.processes import die_with_parent, free_port
 from modelplane.local.stack import READY_LINE, STOP_HINT
 
 
@@ -66,7 +66,12 @@ class UpProcess:
         ]  # fmt: skip
         env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            preexec_fn=die_with_parent,
         )
         stream = self.process.stdout
         assert stream is not None

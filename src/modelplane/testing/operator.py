@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import torch
 
-from modelplane.local.processes import free_port
+from modelplane.local.processes import die_with_parent, free_port
 from modelplane.serving.registry.client import RegistryClient
 from modelplane.testing.runtime import make_mlp, save_torchscript
 
@@ -82,7 +82,9 @@ class OperatorProcess:
             *self.extra_args,
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                command, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+            )
         return self
 
     def wait_healthy(self, timeout: float = 60.0) -> OperatorProcess:

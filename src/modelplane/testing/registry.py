@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from modelplane.local.processes import free_port
+from modelplane.local.processes import die_with_parent, free_port
 from modelplane.serving.registry.client import RegistryClient
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"  # noqa: S105 - the test servers' bootstrap token
@@ -66,7 +66,9 @@ class RegistryProcess:
         ]
         log = self.log_path.open("ab")
         try:
-            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+            )
         finally:
             log.close()
         self._wait_ready()

@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 import yaml
 
-from modelplane.local.processes import cpu_times, free_port
+from modelplane.local.processes import cpu_times, die_with_parent, free_port
 
 
 def infer_body(x: np.ndarray) -> dict[str, Any]:
@@ -98,7 +98,9 @@ class RouterProcess:
         ]  # fmt: skip
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                command, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import torch
 
-from modelplane.local.processes import free_port
+from modelplane.local.processes import die_with_parent, free_port
 
 MLP_CONFIG = """
 name: "{name}"
@@ -162,7 +162,9 @@ class RuntimeProcess:
         self.log_path = self.repository.parent / f"runtime-{self.http_port}.log"
         log = self.log_path.open("wb")
         env = {**os.environ, "OMP_NUM_THREADS": "1", **self.env}
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent
+        )
         log.close()
         self.wait("/v2/health/ready" if wait_ready else "/v2/health/live", timeout_s)
         return self
