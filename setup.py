@@ -2,17 +2,18 @@
 
 Everything else about the package is declared in ``pyproject.toml``. By default the build is pure
 Python (editable installs, development, the test suite). The control image builds the compiled
-wheel, which forwards a request with about a quarter less CPU than the same code interpreted
+wheel, which forwards a request with about a fifth less CPU than the same code interpreted
 (``benchmarks/router_ab.py``); the modules are strictly typed, which is what mypyc needs. The
 objects made per request on that path are plain classes with their own ``__init__``, not
 dataclasses: a dataclass's generated ``__init__`` stays interpreted in a compiled module.
 
-    pip install "mypy==<the version the dev extra resolves>"
+    pip install . mypy setuptools wheel      # the dependencies mypyc type-checks against, and mypy
     MODELPLANE_COMPILE=1 pip wheel --no-deps --no-build-isolation .
 
 The compiled build needs mypy and a C compiler in the build environment (hence
-``--no-build-isolation``); its modules behave as the source does, which
-``tests/integration/test_router_compiled.py`` checks by running the router's unit tests against it.
+``--no-build-isolation``; ``deploy/docker/control.Dockerfile`` pins the mypy it uses). Its modules
+behave as the source does, which ``tests/integration/test_router_compiled.py`` checks by running
+the router's unit tests against it.
 """
 
 from __future__ import annotations
