@@ -15,6 +15,7 @@ between them in blocks, so load from elsewhere on the machine falls on both alik
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -109,16 +111,21 @@ def serve_mlflow(tmp: Path) -> Iterator[str]:
         proc.wait(timeout=30)
 
 
-class Driver:
+class Driver(ABC):
     """The operations, spelled for one registry's REST API."""
 
     def __init__(self, client: httpx.Client) -> None:
         self.c = client
 
+    @abstractmethod
     def create_model(self, name: str) -> None: ...
+    @abstractmethod
     def create_version(self, name: str) -> int: ...
+    @abstractmethod
     def set_alias(self, name: str, alias: str, version: int) -> None: ...
+    @abstractmethod
     def get_by_alias(self, name: str, alias: str) -> int: ...
+    @abstractmethod
     def search(self, name: str) -> int: ...
 
 
@@ -166,7 +173,7 @@ class MlflowDriver(Driver):
         return int(r.json()["model_version"]["version"])
 
     def search(self, name: str) -> int:
-        params = {"filter": f"name='{name}'", "max_results": 100}
+        params: dict[str, str | int] = {"filter": f"name='{name}'", "max_results": 100}
         r = self.c.get(f"{self.API}/model-versions/search", params=params)
         r.raise_for_status()
         return len(r.json().get("model_versions", []))
@@ -218,12 +225,12 @@ def interleaved(
     for first in range(0, count, block):
         for peer, driver in drivers.items():
             for i in range(first, min(count, first + block)):
-                into[peer].add(lambda d=driver, i=i: op(d, i))
+                into[peer].add(functools.partial(op, driver, i))
 
 
 def run_all(
     drivers: dict[str, Driver], versions: int, big_versions: int, lookups: int, searches: int
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, dict[str, float]]]:
     names = ("create_model", "create_version", "set_alias", "get_by_alias", "search", "get_by_alias_big")
     results = {op: {peer: Measure() for peer in drivers} for op in names}
     scratch = {peer: Measure() for peer in drivers}

@@ -298,7 +298,7 @@ def run_grpc(port: int, concurrency: int, seconds: float) -> dict[str, float]:
 def forward_rate(model_path: Path, seconds: float) -> dict[str, float]:
     """In-process torch forwards/s at batch 1 and samples/s at batch 32: what no server can beat."""
     torch.set_num_threads(1)
-    model = torch.jit.load(str(model_path)).eval()
+    model = torch.jit.load(str(model_path)).eval()  # type: ignore[no-untyped-call]
     rates = {}
     for batch in (1, 32):
         x = torch.randn(batch, 64)

@@ -202,7 +202,7 @@ def test_gpu_shortage_is_reported_by_the_scheduler_then_resolved_by_a_bigger_nod
 def test_invalid_specs_are_rejected_by_kubectl_naming_the_field(
     cluster: Cluster, namespace: str, crds: None
 ) -> None:
-    cases = {
+    cases: dict[str, tuple[dict[str, Any], str]] = {
         "missing model": ({}, "spec.model"),
         "version and alias": ({"model": {"name": "iris", "version": 1, "alias": "prod"}}, "exactly one of"),
         "negative replicas": ({"model": {"name": "iris", "version": 1}, "replicas": -1}, "spec.replicas"),
@@ -336,10 +336,11 @@ def test_a_restarted_operator_resumes_without_writing_to_children(
     for i in range(50):
         done = operator.metric("modelplane_operator_reconciles_total")
         cluster.kubectl("annotate", "md/calm", "-n", namespace, f"example.com/touch={i}", "--overwrite")
-        wait_for(
-            f"reconcile {i + 1}",
-            lambda done=done: operator.metric("modelplane_operator_reconciles_total") > done,
-        )
+
+        def reconciled(done: float = done) -> bool:
+            return operator.metric("modelplane_operator_reconciles_total") > done
+
+        wait_for(f"reconcile {i + 1}", reconciled)
     after = {
         i["metadata"]["name"] + i["kind"]: i["metadata"]["resourceVersion"]
         for i in cluster.get_json("deploy,svc,pdb", "-n", namespace)["items"]

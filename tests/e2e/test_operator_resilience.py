@@ -105,7 +105,7 @@ def convergence_problems(cluster: Cluster, namespace: str, wanted: dict[str, dic
             problems.append(f"{name}: missing")
             continue
         status = md.get("status", {})
-        ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+        ready: dict[str, Any] = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
         if status.get("observedGeneration") != md["metadata"]["generation"]:
             problems.append(f"{name}: observedGeneration {status.get('observedGeneration')}")
         if ready.get("status") != "True":
@@ -342,10 +342,11 @@ def test_two_replicas_one_acts_and_the_other_takes_over_when_it_dies(
     for i in range(5):
         done = active.metric("modelplane_operator_reconciles_total")
         cluster.kubectl("annotate", "md/pair", "-n", namespace, f"example.com/touch={i}", "--overwrite")
-        wait_for(
-            f"reconcile {i + 1}",
-            lambda done=done: active.metric("modelplane_operator_reconciles_total") > done,
-        )
+
+        def reconciled(done: float = done) -> bool:
+            return active.metric("modelplane_operator_reconciles_total") > done
+
+        wait_for(f"reconcile {i + 1}", reconciled)
     assert child_versions(cluster, namespace) == before
     assert standby.metric("modelplane_operator_reconciles_total") == 0
     assert active.metric("modelplane_operator_child_writes_total") > 0
@@ -385,7 +386,11 @@ def test_registry_records_follow_the_served_version_and_go_with_the_finalizer(
     assert md["status"]["registryRecords"] == [{"model": "iris", "version": 1}]
     # The registry's guard sees the deployed version: neither it nor its model can be deleted.
     with server.client() as client:
-        for attempt in (lambda: client.delete_version("iris", 1), lambda: client.delete_model("iris")):
+        attempts: list[Callable[[], object]] = [
+            lambda: client.delete_version("iris", 1),
+            lambda: client.delete_model("iris"),
+        ]
+        for attempt in attempts:
             with pytest.raises(RegistryClientError) as refused:
                 attempt()
             assert refused.value.status == 409
@@ -439,7 +444,11 @@ def test_deletion_with_the_registry_down_retries_then_lets_go(
         cluster.apply(md_manifest(name, kwok_spec(1, 1)), namespace)
     for name in ("held", "dropped"):
         wait_ready(cluster, namespace, name, replicas=1, timeout=90)
-        wait_for(f"{name} recorded", lambda name=name: deployed(server, namespace, name) == [1])
+
+        def recorded(name: str = name) -> bool:
+            return deployed(server, namespace, name) == [1]
+
+        wait_for(f"{name} recorded", recorded)
     server.kill()
     try:
         cluster.kubectl("delete", "md", "held", "-n", namespace, "--wait=false")

@@ -105,9 +105,12 @@ def test_requests_held_in_flight_grow_the_concurrency_counter_by_their_number_pe
     # Answered, they no longer count: the counter stops growing while the clock goes on.
     idle = page()
     assert idle.areas is not None
-    assert idle.uptime is not None
+    idle_uptime = idle.uptime
+    assert idle_uptime is not None
     later = wait_for(
-        "the router's clock to move", lambda: (p := page()).uptime > idle.uptime and p, timeout=5
+        "the router's clock to move",
+        lambda: (p := page()).uptime is not None and p.uptime > idle_uptime and p,
+        timeout=5,
     )
     assert later.areas == pytest.approx(idle.areas)
 

@@ -6,6 +6,7 @@ Driven with raw httpx (and the gRPC stub) so the bodies can be as broken as a re
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -105,7 +106,7 @@ CASES: list[tuple[str, str, bytes, dict[str, str], int, str]] = [
 
 
 @pytest.fixture(scope="module")
-def client(runtime_server: RuntimeProcess) -> httpx.Client:
+def client(runtime_server: RuntimeProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=runtime_server.http_url, timeout=30) as c:
         yield c
 

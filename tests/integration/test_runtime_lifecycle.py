@@ -165,7 +165,11 @@ class _ArtifactHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def artifact_server(tmp_path: Path) -> Iterator[tuple[str, type[_ArtifactHandler]]]:
-    handler = type("Handler", (_ArtifactHandler,), {"release": threading.Event(), "seen_auth": []})
+    class Handler(_ArtifactHandler):  # state of this test's server only
+        release = threading.Event()
+        seen_auth: ClassVar[list[str]] = []
+
+    handler = Handler
     handler.payload = save_torchscript(make_mlp(seed=5), tmp_path / "artifact" / "model.pt").read_bytes()
     handler.token = "s3cret-token"
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)

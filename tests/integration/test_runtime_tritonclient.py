@@ -19,7 +19,8 @@ from modelplane.testing.runtime import RuntimeProcess, make_mlp, mlp_config, sav
 
 def expected(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        return model(torch.from_numpy(x)).numpy()
+        out: np.ndarray = model(torch.from_numpy(x)).numpy()
+        return out
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +158,8 @@ def test_64_concurrent_requests_are_batched_and_each_gets_its_own_result(
         inp = httpclient.InferInput("INPUT__0", [1, 64], "FP32")
         inp.set_data_from_numpy(x)
         try:
-            return client.infer("mlp_batched", [inp]).as_numpy("OUTPUT__0")
+            out: np.ndarray = client.infer("mlp_batched", [inp]).as_numpy("OUTPUT__0")
+            return out
         finally:
             client.close()
 

@@ -73,7 +73,7 @@ def test_split_refuses_outputs_without_the_batch_dim() -> None:
     with pytest.raises(ModelError, match="batch dim"):
         split([np.zeros((5, 2))], [2, 2])
     with pytest.raises(ModelError, match="batch dim"):
-        split([np.float32(1.0).reshape(())], [1])
+        split([np.asarray(1.0, dtype=np.float32)], [1])  # a 0-d array: no batch dim
 
 
 def double(inputs: Sequence[np.ndarray[Any, Any]]) -> list[np.ndarray[Any, Any]]:

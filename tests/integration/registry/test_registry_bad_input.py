@@ -7,6 +7,7 @@ import json
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -60,7 +61,7 @@ def snapshot(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
-def assert_problem(r: httpx.Response, status: int) -> dict[str, object]:
+def assert_problem(r: httpx.Response, status: int) -> dict[str, Any]:
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == PROBLEM
     body = r.json()
@@ -114,7 +115,7 @@ def test_traversal_in_url_paths_is_refused(http: httpx.Client, path: str) -> Non
 def test_bad_sources_are_refused(http: httpx.Client, source: str) -> None:
     latest = http.get("/api/v1/models/target").json()["latest_version"]
     body = assert_problem(http.post("/api/v1/models/target/versions", json={"source": source}), 422)
-    assert body["errors"][0]["loc"][:2] == ["body", "source"]  # type: ignore[index]
+    assert body["errors"][0]["loc"][:2] == ["body", "source"]
     assert http.get("/api/v1/models/target").json()["latest_version"] == latest
     assert_still_works(http)
 
@@ -209,9 +210,9 @@ def test_invalid_json_unknown_fields_and_body_limits(http: httpx.Client) -> None
     assert_problem(http.post("/api/v1/models", content=b"[" * 5000 + b"]" * 5000, headers=headers), 400)
     assert_problem(http.post("/api/v1/models", content=b'"just a string"', headers=headers), 422)
     body = assert_problem(http.post("/api/v1/models", json={"name": "typo", "descripton": "x"}), 422)
-    assert ["body", "descripton"] in [e["loc"] for e in body["errors"]]  # type: ignore[union-attr]
+    assert ["body", "descripton"] in [e["loc"] for e in body["errors"]]
     body = assert_problem(http.post("/api/v1/models/target/versions", json={"metrics": {"acc": "high"}}), 422)
-    assert body["errors"][0]["loc"] == ["body", "metrics", "acc"]  # type: ignore[index]
+    assert body["errors"][0]["loc"] == ["body", "metrics", "acc"]
     assert_problem(http.post("/api/v1/models", json={"name": "huge", "description": "d" * 10_001}), 422)
 
     def padded(name: str, size: int) -> bytes:

@@ -9,6 +9,7 @@ from typing import Any
 import celpy
 import pytest
 import yaml
+from celpy.adapter import json_to_cel
 
 from modelplane.operator.api import v1alpha1 as api
 from modelplane.operator.api.crd import custom_resource_definition, render
@@ -133,5 +134,5 @@ def test_cel_rules_agree_with_their_python_twins(model: type[api.ApiModel]) -> N
         # The API server applies defaults before CEL and omits unset (None) fields: has() is false.
         wire = obj.model_dump(by_alias=True, exclude_none=True)
         for rule, program in programs:
-            cel_verdict = bool(program.evaluate({"self": celpy.json_to_cel(wire)}))
+            cel_verdict = bool(program.evaluate({"self": json_to_cel(wire)}))
             assert cel_verdict == rule.check(obj), f"{model.__name__} {rule.cel!r} disagrees on {wire}"

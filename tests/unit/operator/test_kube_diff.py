@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from modelplane.kube import needs_apply
 from modelplane.operator.reconcile import unschedulable_messages
 
-DESIRED = {
+DESIRED: dict[str, Any] = {
     "metadata": {"name": "iris", "labels": {"a": "1"}},
     "spec": {
         "replicas": 2,
@@ -59,7 +61,7 @@ def test_changed_or_missing_fields_need_an_apply() -> None:
 
 
 def test_unschedulable_messages_newest_first_and_ignoring_terminating_pods() -> None:
-    def pod(message: str, at: str, deleting: bool = False) -> dict[str, object]:
+    def pod(message: str, at: str, deleting: bool = False) -> dict[str, Any]:
         meta = {"deletionTimestamp": "x"} if deleting else {}
         condition = {
             "type": "PodScheduled",
