@@ -132,8 +132,11 @@ def decide(settings: Settings, state: State, inputs: Inputs) -> tuple[Decision, 
     panic = burst_average(inputs.samples, now, settings.panic_window)
     latest = max(inputs.samples, key=lambda s: s.time).concurrency if inputs.samples else 0.0
     # The idle period counts from the first observation: a new deployment (or a restarted loop)
-    # keeps its replicas for the grace period before it may go to zero.
-    busy = latest > 0 or panic > 0 or inputs.activation_requested
+    # keeps its replicas for the grace period before it may go to zero. It does not count while no
+    # replica is ready yet but one is starting (an image pull, a model loading): a deployment gets
+    # the whole grace period to be used once it can answer, however long its first start took.
+    first_start = inputs.ready_pods == 0 and inputs.starting_pods > 0
+    busy = latest > 0 or panic > 0 or inputs.activation_requested or first_start
     last_traffic = now if busy or state.last_traffic is None else state.last_traffic
 
     want_stable = math.ceil(stable / settings.target)

@@ -9,6 +9,7 @@ never run stale.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 import shutil
@@ -34,6 +35,8 @@ SOURCES = (
 )
 
 
+# Build outputs and install metadata that sit among the sources: neither copied nor hashed.
+NOT_SOURCES = ("__pycache__", "*.pyc", "*.so", "*.egg-info", "build")
 KEEP_BUILDS = 4  # a few source states (an A/B benchmark needs two) without the cache growing for ever
 
 
@@ -50,7 +53,7 @@ def copy_sources(tree: Path, repo: Path = REPO) -> None:
                 source,
                 target,
                 symlinks=True,
-                ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.egg-info", "build"),
+                ignore=shutil.ignore_patterns(*NOT_SOURCES),
             )
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -66,9 +69,10 @@ def sources_digest(repo: Path = REPO) -> str:
         root = repo / name
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
         for path in files:
-            if "__pycache__" in path.parts or path.suffix in (".pyc", ".so"):
+            relative = path.relative_to(repo)
+            if any(fnmatch.fnmatch(part, pattern) for part in relative.parts for pattern in NOT_SOURCES):
                 continue
-            digest.update(str(path.relative_to(repo)).encode())
+            digest.update(str(relative).encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

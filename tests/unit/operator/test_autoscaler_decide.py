@@ -176,6 +176,10 @@ def test_a_pod_still_starting_is_not_scaled_away_even_to_zero() -> None:
     sim.run(until=50)
     assert {d.desired for _, d, _ in sim.timeline} == {1}, "the starting pod is kept"
     sim.run(until=120)
+    # Once ready (at 60 s), it gets the whole grace period: counted from the last step that saw it
+    # still starting (58 s; steps are 2 s apart), not from when the deployment was made.
+    first_zero = min(t for t, d, _ in sim.timeline if d.desired == 0)
+    assert first_zero >= 58.0 + 6, f"scaled to zero at {first_zero}s, before its grace period ran"
     assert sim.desired_at(120) == 0, "once it has started and stays idle, it goes"
 
 
