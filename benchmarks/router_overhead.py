@@ -263,10 +263,6 @@ def median(runs: list[dict[str, float]]) -> dict[str, float]:
     return sorted(runs, key=lambda r: r["p50_ms"])[len(runs) // 2]
 
 
-def middle(values: list[float]) -> float:
-    return quartiles(values)[1]
-
-
 def quartiles(values: list[float]) -> tuple[float, float, float]:
     """First quartile, median and third quartile (linear interpolation between ranks)."""
     ordered = sorted(values)
