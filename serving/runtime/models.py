@@ -3,12 +3,17 @@
 A model version is LOADING from the moment it is known until its file is fetched, loaded and warmed
 up; requests to it meanwhile get 503. A reload builds the new versions while the old ones keep
 serving, then swaps them in one step and stops the old ones.
+
+After every load and unload the heap is settled (:func:`settle_heap`): torch and the loaded models
+are some 200,000 long-lived objects, and left in the collector's generations they make every full
+collection, one every second or two under load, stop the event loop for 100-160 ms.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -62,6 +67,19 @@ class ModelEntry:
     versions: dict[int, ServedModel] = field(default_factory=dict)
     state: str = LOADING
     reason: str = ""
+
+
+def settle_heap() -> None:
+    """Move what is alive now out of the cyclic collector's generations (``gc.freeze``).
+
+    Requests' garbage then triggers collections that walk only the young objects: measured at c=64
+    on 2 vCPUs, the runtime's p99 went from 100-120 ms to 8-15 ms. Unfreezing first lets the
+    collection reclaim what a replaced or unloaded model left in reference cycles, so the models
+    frozen by earlier calls are not kept for the life of the process.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 class ModelManager:
@@ -180,6 +198,7 @@ class ModelManager:
             self._entries[name] = entry
             for model in old:
                 await model.stop()
+            settle_heap()
             log.info("model %s ready (versions %s)", name, versions)
 
     async def unload(self, name: str) -> None:
@@ -192,6 +211,7 @@ class ModelManager:
             for model in entry.versions.values():
                 model.state = UNAVAILABLE
                 await model.stop()
+            settle_heap()
 
     async def close(self) -> None:
         for entry in list(self._entries.values()):
