@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 
 import uvicorn
 
+from modelplane.serving.heap import settle_heap
 from modelplane.serving.registry.app import create_app
 from modelplane.serving.registry.config import Settings
 
@@ -14,10 +14,7 @@ from modelplane.serving.registry.config import Settings
 def serve(settings: Settings, host: str, port: int, log_level: str = "info") -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
-    # Objects made at start-up (modules, routes, schemas) live for the whole process: keep them out
-    # of the garbage collector's generations so its full collections, which pause requests, stay short.
-    gc.collect()
-    gc.freeze()
+    settle_heap()  # what start-up made (modules, routes, schemas) lives for the whole process
     uvicorn.run(
         app,
         host=host,

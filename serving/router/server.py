@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -13,6 +12,7 @@ from pathlib import Path
 import grpc
 
 from modelplane.kube import KubeApi, load_connection
+from modelplane.serving.heap import settle_heap
 from modelplane.serving.router.activation import ActivationQueue
 from modelplane.serving.router.dispatch import Dispatcher, DispatchSettings
 from modelplane.serving.router.grpc_proxy import GrpcFrontEnd
@@ -120,10 +120,7 @@ async def serve(options: RouterOptions, activate: Callable[[str], Awaitable[None
         log.info(
             "router listening on %s:%s (HTTP) and %s (gRPC)", options.host, options.port, options.grpc_port
         )
-        # What start-up made lives as long as the process: keep it out of the collector's generations,
-        # so the collections that requests' garbage triggers stay short.
-        gc.collect()
-        gc.freeze()
+        settle_heap()  # what start-up made lives as long as the process
         await stop.wait()
         http.draining = grpc_front.draining = True  # /readyz answers 503 from now on
         http_server.draining = True  # answers close their connections: clients reconnect elsewhere
