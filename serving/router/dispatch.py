@@ -210,7 +210,11 @@ class Dispatcher:
 
     def pick_version(self, route: ModelRoute, sticky: str | None) -> str | None:
         """The version a request goes to (weighted, or by the sticky key); None if none takes traffic."""
-        live = [b for b in route.backends if route.endpoints.get(b.version)]
+        backends = route.backends
+        if len(backends) == 1:  # no split (the common case): nothing to draw
+            only = backends[0]
+            return only.version if only.weight > 0 and route.endpoints.get(only.version) else None
+        live = [b for b in backends if route.endpoints.get(b.version)]
         backend = pick_backend(live, self.rng, sticky)
         return backend.version if backend is not None else None
 

@@ -40,8 +40,30 @@ class Target:
         return f"/v2/models/{name}/versions/{version}{self.rest}"
 
 
+MAX_REMEMBERED_TARGETS = 4096
+_TARGETS: dict[str, Target] = {}  # path → its target, for requests without a namespace header
+
+
 def parse_target(path: str, namespace_header: str | None) -> Target | None:
-    """The target of a model-scoped V2 path, or None if the path is not one."""
+    """The target of a model-scoped V2 path, or None if the path is not one.
+
+    Targets of paths without a namespace header are remembered (bounded; a full memo starts over):
+    a router sees the same few paths over and over, and the match and the target it builds cost a
+    microsecond or more per request, most of the router's own routing work.
+    """
+    if not namespace_header:
+        known = _TARGETS.get(path)
+        if known is not None:
+            return known
+    target = _parse(path, namespace_header)
+    if target is not None and not namespace_header:
+        if len(_TARGETS) >= MAX_REMEMBERED_TARGETS:
+            _TARGETS.clear()
+        _TARGETS[path] = target
+    return target
+
+
+def _parse(path: str, namespace_header: str | None) -> Target | None:
     match = _PATH.match(path)
     if match is None:
         return None

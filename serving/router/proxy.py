@@ -145,11 +145,12 @@ class HttpFrontEnd:
             route = dispatcher.lookup(target.model, target.namespace)
         except RequestError:
             return False
-        if not route.ready():
+        if target.version is None:
+            version = dispatcher.pick_version(route, _sticky(request))  # None when the route is not ready
+        elif route.ready():
+            version = target.version
+        else:
             return False
-        version = (
-            target.version if target.version is not None else dispatcher.pick_version(route, _sticky(request))
-        )
         endpoints = route.endpoints.get(version) if version is not None else None
         if version is None or not endpoints:
             return False

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from modelplane.serving.router import paths
 from modelplane.serving.router.paths import Target, parse_target, route_keys
 from modelplane.serving.router.shadow import outputs_match
 
@@ -39,6 +40,20 @@ def test_targets_are_parsed(path: str, header: str | None, expected: Target) -> 
 )
 def test_malformed_paths_are_not_routed(path: str) -> None:
     assert parse_target(path, None) is None
+
+
+def test_remembered_targets_never_carry_another_request_s_namespace() -> None:
+    # Parsed with a header first, then without: the second must not get the header's namespace.
+    assert parse_target("/v2/models/memo/infer", "team-c") == Target("team-c", "memo", None, "/infer")
+    assert parse_target("/v2/models/memo/infer", None) == Target(None, "memo", None, "/infer")
+    assert parse_target("/v2/models/memo/infer", "team-d") == Target("team-d", "memo", None, "/infer")
+    assert parse_target("/v2/models/memo/infer", "") == Target(None, "memo", None, "/infer")
+
+
+def test_the_memo_of_targets_stays_bounded() -> None:
+    for index in range(paths.MAX_REMEMBERED_TARGETS + 10):
+        assert parse_target(f"/v2/models/m{index}/infer", None) == Target(None, f"m{index}", None, "/infer")
+    assert len(paths._TARGETS) <= paths.MAX_REMEMBERED_TARGETS
 
 
 def test_backend_path_pins_the_chosen_version_and_keys_try_namespace_first() -> None:
