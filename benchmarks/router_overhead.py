@@ -234,7 +234,7 @@ def main() -> None:
                         point["proxy_cpu_s_per_1k"] = cpu / max(point["rps"] * args.duration, 1) * 1000
                     raw[name][c].append(point)
                     print(f"  round {round_index + 1} {name:7} c={c:<3} {json.dumps(point)}", flush=True)
-    figures = report(raw, levels)
+    figures, verdicts = report(raw, levels)
     results = {n: {c: median(runs) for c, runs in points.items()} for n, points in raw.items()}
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(
@@ -244,10 +244,7 @@ def main() -> None:
                 "command": " ".join(sys.argv),
                 "isolated": args.isolate,
                 "paired_median": figures,
-                "targets": [
-                    {"target": target, "figure": figure, "met": met}
-                    for target, figure, met in target_verdicts(figures)
-                ],
+                "targets": [{"target": t, "figure": figure, "met": met} for t, figure, met in verdicts],
                 "results_median": results,
                 "rounds": raw,
             },
@@ -347,9 +344,9 @@ def target_verdicts(figures: dict[str, dict[int, dict[str, float]]]) -> list[tup
 
 def report(
     raw: dict[str, dict[int, list[dict[str, float]]]], levels: list[int]
-) -> dict[str, dict[int, dict[str, float]]]:
+) -> tuple[dict[str, dict[int, dict[str, float]]], list[tuple[str, str, bool]]]:
     """Print the medians, the paired figures and the verdicts; returns the paired figures per
-    proxy and level."""
+    proxy and level, and the verdicts."""
     results = {n: {c: median(runs) for c, runs in points.items()} for n, points in raw.items()}
     print(f"\n{'target':8}" + "".join(f"{'c=' + str(c):>32}" for c in levels))
     for name, points in results.items():
@@ -372,10 +369,11 @@ def report(
                 line += f"  {name} CPU {f['proxy_cpu_s_per_1k']:.3f} s per 1,000 requests"
             print(line)
     print("(each round against the same round's direct run: median over rounds [quartiles])\n")
-    for target, figure, met in target_verdicts(figures):
+    verdicts = target_verdicts(figures)
+    for target, figure, met in verdicts:
         print(f"  {'met   ' if met else 'MISSED'} {target:36} {figure}")
     print("(issue 8's targets for the router, on the medians above)")
-    return figures
+    return figures, verdicts
 
 
 if __name__ == "__main__":
