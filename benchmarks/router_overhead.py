@@ -15,6 +15,11 @@ Short rounds, many of them: a shared machine's speed drifts over minutes (the di
 long run have differed by 40 % between its first and last round), and a pair of windows a few
 seconds apart sees the same speed; the median over many pairs then hardly moves between runs.
 
+With ``--relay`` a third reference joins: ``_relay.py``, a byte relay in Python on uvloop that
+parses nothing. Its CPU per request is the floor of any data plane written in Python; the router's
+CPU above it is the work of the router's own request path. The CPU figures are split into user and
+system time: the kernel's share (the reads, writes and wake-ups) is the same for every proxy.
+
 With ``--isolate`` the proxies (router, nginx) get the first CPU to themselves and the runtime
 shares the last one with wrk, in every run, direct included: the layout of a serving cluster, where
 the router runs on other cores than the model. Without it everything shares all CPUs, and on a
@@ -34,6 +39,7 @@ import functools
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -130,13 +136,35 @@ def pin(pid: int, cpu: str) -> None:
         subprocess.run(["taskset", "-a", "-pc", cpu, str(each)], check=True, capture_output=True)
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its children (nginx's master and worker), from ``/proc``."""
-    total = 0.0
+def tree_cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process and its children (nginx's master and worker)."""
+    user = system = 0.0
     for each in tree_pids(pid):
         with contextlib.suppress(OSError):
-            total += sum(cpu_times(each))
-    return total
+            u, s = cpu_times(each)
+            user, system = user + u, system + s
+    return user, system
+
+
+@contextlib.contextmanager
+def running_relay(backend_port: int) -> Iterator[tuple[int, int]]:
+    """``_relay.py`` in front of the backend; yields its port and pid."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(HERE / "_relay.py"), str(port), "127.0.0.1", str(backend_port)]
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise SystemExit("the Python relay (benchmarks/_relay.py) did not start")
+            time.sleep(0.1)
+        yield port, process.pid
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 def check(port: int) -> None:
@@ -158,6 +186,11 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,16,64", help="comma-separated wrk connections")
     parser.add_argument(
         "--rounds", type=int, default=9, help="repeats of every point; the median is reported"
+    )
+    parser.add_argument(
+        "--relay",
+        action="store_true",
+        help="also measure a byte relay in Python (the floor of a Python data plane)",
     )
     parser.add_argument(
         "--isolate",
@@ -203,14 +236,19 @@ def main() -> None:
         router = RouterProcess(log_path=work / "router.log", routes=routes, env=router_env).start()
         stack.callback(router.stop)
         targets = {"direct": runtime.http_port, "router": router.port}
-        cpu_of = {"router": router.cpu_seconds}
         assert router.process is not None
+        cpu_of = {"router": functools.partial(tree_cpu_times, router.process.pid)}
         pids = {"router": router.process.pid}
         if nginx is not None:
             port, pid = stack.enter_context(running_nginx(nginx, runtime.http_address, work / "nginx"))
             targets["nginx"] = port
-            cpu_of["nginx"] = functools.partial(tree_cpu_seconds, pid)
+            cpu_of["nginx"] = functools.partial(tree_cpu_times, pid)
             pids["nginx"] = pid
+        if args.relay:
+            port, pid = stack.enter_context(running_relay(runtime.http_port))
+            targets["relay"] = port
+            cpu_of["relay"] = functools.partial(tree_cpu_times, pid)
+            pids["relay"] = pid
         if args.isolate:
             first, last = min(os.sched_getaffinity(0)), max(os.sched_getaffinity(0))
             assert runtime.process is not None
@@ -227,11 +265,14 @@ def main() -> None:
                 order = names[round_index % len(names) :] + names[: round_index % len(names)]
                 for name in order:
                     proxy_cpu = cpu_of.get(name)
-                    cpu_before = proxy_cpu() if proxy_cpu else 0.0
+                    cpu_before = proxy_cpu() if proxy_cpu else (0.0, 0.0)
                     point = run_wrk(targets[name], c, args.duration)
                     if proxy_cpu is not None:
-                        cpu = proxy_cpu() - cpu_before
-                        point["proxy_cpu_s_per_1k"] = cpu / max(point["rps"] * args.duration, 1) * 1000
+                        (user_now, system_now), (user_then, system_then) = proxy_cpu(), cpu_before
+                        user, system = user_now - user_then, system_now - system_then
+                        per_1k = 1000 / max(point["rps"] * args.duration, 1)
+                        point["proxy_cpu_s_per_1k"] = (user + system) * per_1k
+                        point["proxy_user_s_per_1k"] = user * per_1k
                     raw[name][c].append(point)
                     print(f"  round {round_index + 1} {name:7} c={c:<3} {json.dumps(point)}", flush=True)
     figures, verdicts = report(raw, levels)
@@ -285,9 +326,10 @@ def paired(raw: dict[str, dict[int, list[dict[str, float]]]], name: str, level: 
         "added_p99_ms": [p["p99_ms"] - d["p99_ms"] for p, d in pairs],
         "throughput_ratio": [p["rps"] / max(d["rps"], 1e-9) for p, d in pairs],
     }
-    cpu = [p["proxy_cpu_s_per_1k"] for p, _ in pairs if "proxy_cpu_s_per_1k" in p]
-    if cpu:
-        series["proxy_cpu_s_per_1k"] = cpu
+    for key in ("proxy_cpu_s_per_1k", "proxy_user_s_per_1k"):
+        values = [p[key] for p, _ in pairs if key in p]
+        if values:
+            series[key] = values
     figures = {}
     for key, values in series.items():
         figures[key + "_q1"], figures[key], figures[key + "_q3"] = quartiles(values)
@@ -367,6 +409,8 @@ def report(
             )
             if "proxy_cpu_s_per_1k" in f:
                 line += f"  {name} CPU {f['proxy_cpu_s_per_1k']:.3f} s per 1,000 requests"
+                if "proxy_user_s_per_1k" in f:
+                    line += f" (user {f['proxy_user_s_per_1k']:.3f})"
             print(line)
     print("(each round against the same round's direct run: median over rounds [quartiles])\n")
     verdicts = target_verdicts(figures)
