@@ -4,12 +4,22 @@ The event loop only queues and wakes; the forward runs in a worker thread. Reque
 non-batch dims differ (variable-size inputs) are never concatenated: a batch holds only requests of
 one shape. If a batched forward raises, each request of that batch is retried on its own, so one
 bad request fails alone and its neighbours still get their results.
+
+The queue delay (``max_queue_delay_microseconds``) is the most the first request of a batch waits
+for others. The event loop's clock and timers (libuv's, under uvloop) tick in milliseconds, so the
+delay is waited in whole ticks, rounded down (:func:`whole_ticks`), and what is left under a tick
+is one pass of the event loop: the requests that have arrived by then join the batch. Handing the
+timer a sub-millisecond wait instead would round it to no wait or to a whole millisecond depending
+on the float error of ``deadline - now``, which depends on how long the host has been up: a 500 us
+delay cost 0.3 ms at one request at a time on a host up for ten minutes and 1.5 ms on one up for
+twenty.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -87,6 +97,16 @@ def split(outputs: Sequence[np.ndarray[Any, Any]], sizes: Sequence[int]) -> list
         results.append([out[start : start + size] for out in outputs])
         start += size
     return results
+
+
+TIMER_TICK_S = 0.001  # the resolution of the event loop's clock and timers (uvloop: libuv's)
+
+
+def whole_ticks(seconds: float) -> float:
+    """``seconds`` rounded down to whole timer ticks: 0 under one tick (and for a time past)."""
+    if seconds <= 0:
+        return 0.0
+    return math.floor(seconds / TIMER_TICK_S + 1e-9) * TIMER_TICK_S
 
 
 def run_inline(forward_s: float | None, inline_below_s: float) -> bool:
@@ -190,21 +210,24 @@ class Batcher:
                 self._wake.clear()
                 await self._wake.wait()
             if self._batching and self._delay > 0:
-                deadline = self._pending[0].enqueued + self._delay
-                while self._queued < self._max and (remaining := deadline - loop.time()) > 0:
-                    self._wake.clear()
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), remaining)
-                    except TimeoutError:
-                        break
-                    if not self._pending:
-                        break
+                await self._gather(self._pending[0].enqueued + self._delay, loop)
             batch = take_batch(self._pending, self._max if self._batching else 0)
             self._queued -= sum(p.batch_size for p in batch)
             if not batch:
                 self._queued = sum(p.batch_size for p in self._pending)
                 continue
             await self._execute(batch, loop)
+
+    async def _gather(self, deadline: float, loop: asyncio.AbstractEventLoop) -> None:
+        """Let more requests join the batch until it is full or ``deadline`` (loop time) comes."""
+        while self._queued < self._max and self._pending:
+            wait = whole_ticks(deadline - loop.time())
+            if wait == 0:  # under a tick left: one pass of the loop, for what has arrived meanwhile
+                await asyncio.sleep(0)
+                return
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):  # then what is left is under a tick
+                await asyncio.wait_for(self._wake.wait(), wait)
 
     async def _execute(self, batch: list[Pending], loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()

@@ -22,6 +22,7 @@ from modelplane.serving.runtime.batcher import (
     shape_key,
     split,
     take_batch,
+    whole_ticks,
 )
 from modelplane.serving.runtime.config import parse_config
 from modelplane.serving.runtime.runner import ModelError, TorchRunner
@@ -102,6 +103,41 @@ async def test_batcher_batches_concurrent_requests_and_isolates_a_failure() -> N
             np.testing.assert_array_equal(result[0], [[value * 2, value * 2]])
     assert sizes[0] == 5  # one batched attempt, then each retried alone
     assert sum(sizes) == 5
+
+
+@pytest.mark.parametrize(
+    ("seconds", "wait"),
+    [
+        (0.0005, 0.0),
+        (0.000999, 0.0),
+        (0.001, 0.001),
+        (0.0025, 0.002),
+        (0.003, 0.003),
+        (0.0, 0.0),
+        (-0.2, 0.0),
+    ],
+)
+def test_the_queue_delay_is_waited_in_whole_timer_ticks_rounded_down(seconds: float, wait: float) -> None:
+    assert whole_ticks(seconds) == pytest.approx(wait, abs=1e-12)
+
+
+@pytest.mark.parametrize("uptime_s", [256.123, 2048.123, 16384.123, 32768.123])
+def test_a_500us_delay_waits_alike_whatever_the_host_uptime(uptime_s: float) -> None:
+    # uvloop's timer rounds what it is given to whole milliseconds, and (t + 0.0005) - t is a hair
+    # above or below 0.5 ms depending on the binade of t (the loop clock: the host's uptime). Handed
+    # to the timer, a 500 us delay was no wait at 256 s of uptime and 1.1 ms at 2048 s.
+    remaining = (uptime_s + 0.0005) - uptime_s
+    assert whole_ticks(remaining) == 0.0
+
+
+async def test_a_sub_millisecond_delay_still_batches_requests_that_arrive_together() -> None:
+    sizes: list[int] = []
+    with ThreadPoolExecutor(1) as pool:
+        batcher = Batcher(double, pool, max_batch_size=8, max_delay_s=0.0005, on_batch=sizes.append)
+        batcher.start()
+        await asyncio.gather(*(batcher.submit([np.ones((1, 2), dtype=np.float32)], 1) for _ in range(4)))
+        await batcher.stop()
+    assert sizes == [4]
 
 
 async def test_batcher_without_dynamic_batching_runs_requests_one_by_one() -> None:
