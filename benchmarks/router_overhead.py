@@ -293,7 +293,7 @@ def main() -> None:
         )
         + "\n"
     )
-    print(f"raw results: {output}")
+    print(f"raw results: {os.path.relpath(output)}")
 
 
 def median(runs: list[dict[str, float]]) -> dict[str, float]:
