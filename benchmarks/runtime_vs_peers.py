@@ -53,7 +53,7 @@ def ensure_peer_venv(name: str) -> Path:
     python = venv / "bin" / "python"
     marker = venv / ".installed"
     if not marker.exists():
-        print(f"installing {name} into {venv} (first run only)...", flush=True)
+        print(f"installing {name} into {os.path.relpath(venv)} (first run only)...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER_PACKAGES[name]], check=True)
         marker.write_text("ok\n")
