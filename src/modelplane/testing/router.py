@@ -1,8 +1,7 @@
 """The router as a real process for tests and benchmarks: ``modelplane router`` on free loopback ports.
 
 Tests reach it only over HTTP and gRPC, so they exercise what users get (uvicorn, the gRPC server,
-the discovery source). ``metric()`` reads one of its Prometheus metrics; ``cpu_seconds()`` reads its
-CPU time from ``/proc`` (for the overhead benchmark).
+the discovery source). ``metric()`` reads one of its Prometheus metrics.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import httpx
 import numpy as np
 import yaml
 
-from modelplane.local.processes import cpu_times, die_with_parent, free_port
+from modelplane.local.processes import die_with_parent, free_port
 
 
 def infer_body(x: np.ndarray) -> dict[str, Any]:
@@ -123,11 +122,6 @@ class RouterProcess:
         """The router's ``/v2/models`` listing."""
         listing: list[dict[str, Any]] = httpx.get(self.url + "/v2/models", timeout=5.0).json()
         return listing
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the router process so far (Linux ``/proc``)."""
-        assert self.process is not None
-        return sum(cpu_times(self.process.pid))
 
     def stop(self, timeout_s: float = 30.0) -> int:
         """SIGTERM, wait for exit (kill after ``timeout_s``); returns the exit code."""
