@@ -51,15 +51,15 @@ def parse_target(path: str, namespace_header: str | None) -> Target | None:
     a router sees the same few paths over and over, and the match and the target it builds cost a
     microsecond or more per request, most of the router's own routing work.
     """
-    if not namespace_header:
-        known = _TARGETS.get(path)
-        if known is not None:
-            return known
-    target = _parse(path, namespace_header)
-    if target is not None and not namespace_header:
-        if len(_TARGETS) >= MAX_REMEMBERED_TARGETS:
-            _TARGETS.clear()
-        _TARGETS[path] = target
+    if namespace_header:
+        return _parse(path, namespace_header)
+    target = _TARGETS.get(path)
+    if target is None:
+        target = _parse(path, None)
+        if target is not None:
+            if len(_TARGETS) >= MAX_REMEMBERED_TARGETS:
+                _TARGETS.clear()
+            _TARGETS[path] = target
     return target
 
 
