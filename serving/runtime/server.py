@@ -23,6 +23,7 @@ from prometheus_client import start_http_server
 
 from modelplane.serving.runtime.grpc_service import InferenceServicer, create_server
 from modelplane.serving.runtime.http_app import DEFAULT_MAX_BODY_BYTES, HttpApp
+from modelplane.serving.runtime.http_protocol import CorkedHttpToolsProtocol
 from modelplane.serving.runtime.lifecycle import Lifecycle
 from modelplane.serving.runtime.metrics import RuntimeMetrics
 from modelplane.serving.runtime.models import ModelManager
@@ -73,7 +74,7 @@ async def serve(options: RuntimeOptions) -> None:
         app,
         host=options.host,
         port=options.http_port,
-        http="httptools",
+        http=CorkedHttpToolsProtocol,  # uvicorn's httptools protocol, an answer in one write
         loop="none",
         lifespan="off",
         access_log=False,
