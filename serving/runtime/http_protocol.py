@@ -4,11 +4,12 @@ uvicorn writes a response's head and its body with two ``transport.write`` calls
 ``TCP_NODELAY`` an answer leaves as two segments. A client (or the router in front) that reads
 between them wakes twice per answer: traced at one request in flight, the router read the head
 alone in nine answers of ten, and each extra wake-up costs a poll, a read and another pass through
-its parser. :class:`CorkedHttpToolsProtocol` hands uvicorn a transport that collects what is
-written during one pass of the event loop and sends it as one write at the end of that pass,
-before the loop next polls: head and body go out together, and nothing waits for more data than
-the pass already produced. Everything else (close, flow control, addresses) goes to the real
-transport, a close after sending what was collected.
+its parser. :class:`CorkedHttpToolsProtocol` hands uvicorn a transport that holds a write ending a
+head (``\r\n\r\n``) until the next write, the body, and sends the two as one. A head with no body
+(a HEAD answer, a streamed body not yet produced) goes out at the end of the event-loop pass it
+was written in. The body is not held: an answer leaves as soon as uvicorn has it, not after the
+rest of the pass. Everything else (close, flow control, addresses) goes to the real transport, a
+close after sending what is held.
 """
 
 from __future__ import annotations
@@ -18,40 +19,54 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+HEAD_END = b"\r\n\r\n"
+
 
 class CorkedTransport:
-    """A transport's stand-in whose writes within one event-loop pass reach the socket as one."""
+    """A transport's stand-in that sends a response head together with the body written after it."""
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
-        self._pending: list[bytes] = []
+        self._held: list[bytes] = []
         self._flush_scheduled = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not data or self._transport.is_closing():
+        if self._transport.is_closing():
             return
-        self._pending.append(bytes(data))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self.flush)
+        chunk = bytes(data)
+        if chunk.endswith(HEAD_END):  # a head (or an interim answer): wait for the body
+            self._held.append(chunk)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self._loop.call_soon(self._flush_at_pass_end)
+            return
+        if self._held:
+            self._held.append(chunk)
+            chunk = b"".join(self._held)
+            self._held = []
+        if chunk:
+            self._transport.write(chunk)
 
     def writelines(self, chunks: Any) -> None:
         for chunk in chunks:
             self.write(chunk)
 
     def flush(self) -> None:
-        """Send what was collected (called at the end of the pass, and before a close)."""
-        self._flush_scheduled = False
-        pending = self._pending
-        if not pending:
+        """Send what is held (a head whose body did not follow)."""
+        held = self._held
+        if not held:
             return
-        self._pending = []
+        self._held = []
         if not self._transport.is_closing():
-            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+            self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def _flush_at_pass_end(self) -> None:
+        self._flush_scheduled = False
+        self.flush()
 
     def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + sum(len(chunk) for chunk in self._pending)
+        return self._transport.get_write_buffer_size() + sum(len(chunk) for chunk in self._held)
 
     def write_eof(self) -> None:
         self.flush()
@@ -62,7 +77,7 @@ class CorkedTransport:
         self._transport.close()
 
     def abort(self) -> None:
-        self._pending = []
+        self._held = []
         self._transport.abort()
 
     def __getattr__(self, name: str) -> Any:
