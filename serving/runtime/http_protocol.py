@@ -8,8 +8,9 @@ its parser. :class:`CorkedHttpToolsProtocol` hands uvicorn a transport that hold
 head (``\r\n\r\n``) until the next write, the body, and sends the two as one. A head with no body
 (a HEAD answer, a streamed body not yet produced) goes out at the end of the event-loop pass it
 was written in. The body is not held: an answer leaves as soon as uvicorn has it, not after the
-rest of the pass. Everything else (close, flow control, addresses) goes to the real transport, a
-close after sending what is held.
+rest of the pass. A body over ``JOIN_LIMIT`` follows its head in a write of its own: it fills
+segments anyway, and joining would copy it. Everything else (close, flow control, addresses) goes
+to the real transport, a close after sending what is held.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 HEAD_END = b"\r\n\r\n"
+JOIN_LIMIT = 64 * 1024  # bytes of body worth copying to save a write
 
 
 class CorkedTransport:
@@ -41,10 +43,12 @@ class CorkedTransport:
                 self._flush_scheduled = True
                 self._loop.call_soon(self._flush_at_pass_end)
             return
-        if self._held:
+        if self._held and len(chunk) <= JOIN_LIMIT:
             self._held.append(chunk)
             chunk = b"".join(self._held)
             self._held = []
+        else:
+            self.flush()
         if chunk:
             self._transport.write(chunk)
 

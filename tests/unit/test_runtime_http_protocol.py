@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import pytest
 import uvicorn
 
-from modelplane.serving.runtime.http_protocol import CorkedHttpToolsProtocol, CorkedTransport
+from modelplane.serving.runtime.http_protocol import JOIN_LIMIT, CorkedHttpToolsProtocol, CorkedTransport
 
 
 class RecordingTransport:
@@ -22,7 +22,7 @@ class RecordingTransport:
         self.buffered = 0
 
     def write(self, data: bytes) -> None:
-        self.calls.append(("write", bytes(data)))
+        self.calls.append(("write", data))
 
     def is_closing(self) -> bool:
         return self.closing
@@ -61,6 +61,15 @@ async def test_a_head_and_its_body_leave_as_one_write_as_soon_as_the_body_is_wri
     assert real.calls == [("write", HEAD + b"ok")]  # not held to the end of the pass
     await asyncio.sleep(0)
     assert real.calls == [("write", HEAD + b"ok")]  # and nothing more when the pass ends
+
+
+async def test_a_large_body_follows_its_head_in_a_write_of_its_own() -> None:
+    transport, real = corked()
+    body = b"x" * (JOIN_LIMIT + 1)
+    transport.write(HEAD)
+    transport.write(body)
+    assert real.calls == [("write", HEAD), ("write", body)]
+    assert real.calls[1][1] is body  # in order, and the body not copied
 
 
 async def test_a_head_with_an_empty_body_leaves_at_once() -> None:
