@@ -30,10 +30,11 @@ run: venv ## README command 1: start the platform on this machine
 	$(BIN)/modelplane up
 
 .PHONY: lint
-lint: venv ## ruff (lint and format check) and mypy
+lint: venv ## ruff (lint and format check), mypy and the import contracts
 	@$(STAGE) ruff-lint $(BIN)/ruff check .
 	@$(STAGE) ruff-format $(BIN)/ruff format --check .
 	@$(STAGE) mypy $(BIN)/mypy
+	@$(STAGE) import-contracts $(BIN)/lint-imports --no-cache
 
 .PHONY: format
 format: venv ## Apply ruff's fixes and formatting

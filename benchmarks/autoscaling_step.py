@@ -42,10 +42,10 @@ from typing import Any
 import httpx
 import numpy as np
 
+from modelplane.autoscaling.load import parse_router_page
 from modelplane.devcluster import build
 from modelplane.devcluster import cluster as devcluster
 from modelplane.devcluster.kube import Api, ApiError, Credentials
-from modelplane.operator.autoscaler.metrics import parse_router_page
 from modelplane.serving.router.balancing import authority_of
 from modelplane.serving.router.upstream import UpstreamPool, UpstreamProtocolError
 from modelplane.testing.cluster import Cluster, wait_for

@@ -9,36 +9,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from modelplane import __version__
-from modelplane.operator.api import v1alpha1 as api
+from modelplane.api import v1alpha1 as api
+from modelplane.api.labels import DEPLOYMENT_LABEL, ROLE_LABEL, VERSION_LABEL, Role
+from modelplane.api.metrics import RUNTIME_IN_FLIGHT
 from modelplane.operator.gpus import GPU_RESOURCE, GPU_TAINT_KEY, gpu_node_affinity
+from modelplane.resolution.resolver import ServedVersion
 
 Manifest = dict[str, Any]
-Role = Literal["stable", "canary", "shadow"]
 
-DEPLOYMENT_LABEL = "modelplane.io/deployment"
-ROLE_LABEL = "modelplane.io/role"
-VERSION_LABEL = "modelplane.io/model-version"
 FIELD_MANAGER = "modelplane-operator"
 
 HTTP_PORT = 8000
 GRPC_PORT = 8001
 METRICS_PORT = 8002
 MODEL_REPOSITORY = "/models"
-
-
-@dataclass(frozen=True)
-class ServedVersion:
-    """One resolved version to run: where its artifact is and what it is."""
-
-    role: Role
-    model_name: str
-    version: int | None  # None for a direct storageUri
-    artifact_uri: str
-    sha256: str | None
-    config_pbtxt: str  # Triton model configuration the runtime serves it with
 
 
 @dataclass(frozen=True)
@@ -384,9 +371,6 @@ def pod_disruption_budget(owner: Owner, settings: OperatorSettings) -> Manifest:
     }
 
 
-RUNTIME_IN_FLIGHT_METRIC = "modelplane_runtime_inflight_requests"
-
-
 def horizontal_pod_autoscaler(
     owner: Owner, spec: api.ModelDeploymentSpec, settings: OperatorSettings
 ) -> Manifest:
@@ -407,7 +391,7 @@ def horizontal_pod_autoscaler(
                 {
                     "type": "Pods",
                     "pods": {
-                        "metric": {"name": RUNTIME_IN_FLIGHT_METRIC},
+                        "metric": {"name": RUNTIME_IN_FLIGHT},
                         "target": {"type": "AverageValue", "averageValue": f"{bounds.target_concurrency:g}"},
                     },
                 }

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from modelplane.kube import KubeApi, Manifest
-from modelplane.operator.api import v1alpha1 as api
+from modelplane.api import v1alpha1 as api
+from modelplane.kube import KubeClient, Manifest
 from modelplane.operator.status.conditions import now_rfc3339
 
 log = logging.getLogger("modelplane.operator")
@@ -38,7 +38,7 @@ def event_manifest(body: Manifest, kind: str, reason: str, message: str, compone
 
 
 async def post_event(
-    kube: KubeApi, body: Manifest, kind: str, reason: str, message: str, component: str
+    kube: KubeClient, body: Manifest, kind: str, reason: str, message: str, component: str
 ) -> None:
     """Post an Event; best effort, since the status already carries the news."""
     meta = body["metadata"]

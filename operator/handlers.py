@@ -18,11 +18,11 @@ from typing import Any
 import kopf
 from prometheus_client import Counter, Histogram
 
+from modelplane.api import v1alpha1 as api
+from modelplane.api.labels import DEPLOYMENT_LABEL
 from modelplane.kube import KubeError
-from modelplane.operator.api import v1alpha1 as api
 from modelplane.operator.autoscaler.loop import Autoscaler, Stopped
-from modelplane.operator.autoscaler.metrics import LoadCache
-from modelplane.operator.children import DEPLOYMENT_LABEL
+from modelplane.operator.autoscaler.scrape import LoadCache
 from modelplane.operator.events import post_event
 from modelplane.operator.reconcile import Outcome, Reconciler
 from modelplane.operator.records import RecordError, Records, recorded_in, records_to_clean, uses_registry

@@ -12,12 +12,12 @@ import kopf
 from prometheus_client import start_http_server
 
 from modelplane.kube import KubeApi, load_connection
-from modelplane.operator.autoscaler.metrics import LoadCache
+from modelplane.operator.autoscaler.scrape import LoadCache
 from modelplane.operator.children import FIELD_MANAGER, OperatorSettings
 from modelplane.operator.handlers import CLEANUP_TIMEOUT_SECONDS, register
 from modelplane.operator.reconcile import Reconciler
 from modelplane.operator.records import Records
-from modelplane.operator.resolver import Resolver
+from modelplane.resolution.resolver import Resolver
 
 log = logging.getLogger("modelplane.operator")
 

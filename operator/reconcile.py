@@ -9,21 +9,19 @@ status is patched only when it changed; an Event is posted for each condition th
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
-from modelplane.kube import KubeApi, needs_apply
-from modelplane.operator.api import v1alpha1 as api
+from modelplane.api import v1alpha1 as api
+from modelplane.api.labels import DEPLOYMENT_LABEL, ROLE_LABEL, Role
+from modelplane.kube import KubeClient, needs_apply
 from modelplane.operator.children import (
-    DEPLOYMENT_LABEL,
-    ROLE_LABEL,
     Manifest,
     OperatorSettings,
     Owner,
-    Role,
-    ServedVersion,
     desired_children,
     replicas_for,
     service_url,
@@ -31,13 +29,20 @@ from modelplane.operator.children import (
 )
 from modelplane.operator.events import post_event
 from modelplane.operator.records import Record, RecordError, Records, plan_records, recorded_in
-from modelplane.operator.resolver import ResolutionError, Resolved, Resolver, ServingOptions, spec_sources
 from modelplane.operator.status.conditions import merge_conditions, now_rfc3339, transitions
 from modelplane.operator.status.readiness import (
     Observation,
     ResolutionFailure,
     WorkloadState,
     decide_conditions,
+)
+from modelplane.resolution.resolver import (
+    ResolutionError,
+    Resolved,
+    Resolver,
+    ServedVersion,
+    ServingOptions,
+    spec_sources,
 )
 
 log = logging.getLogger("modelplane.operator")
@@ -123,11 +128,104 @@ def _registry_served(
     return served
 
 
+@dataclass(frozen=True)
+class Serving:
+    """A valid spec and what its model references resolved to: the inputs of the status's
+    replica, URL, model and traffic fields (``stable`` is None when resolution failed)."""
+
+    owner: Owner
+    spec: api.ModelDeploymentSpec
+    settings: OperatorSettings
+    stable: Resolved | None = None
+    others: Mapping[Role, Resolved] = field(default_factory=dict)
+
+
+def conditions_in(status: Mapping[str, Any]) -> list[api.Condition]:
+    """The conditions a status lists."""
+    return [api.Condition.model_validate(c) for c in status.get("conditions", [])]
+
+
+def _traffic(serving: Serving) -> list[dict[str, Any]]:
+    """The traffic shares in force (none until the stable version resolved)."""
+    stable, others, spec = serving.stable, serving.others, serving.spec
+    if stable is None:
+        return []
+    canary_percent = spec.traffic.canary.percent if spec.traffic.canary and "canary" in others else 0
+    shares: list[dict[str, Any]] = [
+        {"role": "stable", "version": stable.served.version, "percent": 100 - canary_percent}
+    ]
+    if "canary" in others:
+        shares.append(
+            {"role": "canary", "version": others["canary"].served.version, "percent": canary_percent}
+        )
+    if "shadow" in others and spec.traffic.shadow is not None:
+        shares.append(
+            {
+                "role": "shadow",
+                "version": others["shadow"].served.version,
+                "percent": spec.traffic.shadow.percent,
+            }
+        )
+    return [{k: v for k, v in share.items() if v is not None} for share in shares]
+
+
+def _serving_status(serving: Serving, observation: Observation, old_status: Mapping[str, Any]) -> Manifest:
+    """Replicas, selector, GPUs, URL, the resolved versions and the traffic split."""
+    owner, spec, workload = serving.owner, serving.spec, observation.workload
+    replicas = workload.replicas if workload else 0
+    ready_replicas = workload.ready_replicas if workload else 0
+    status: Manifest = {
+        "replicas": replicas,
+        "readyReplicas": ready_replicas,
+        "ready": f"{ready_replicas}/{observation.desired_replicas}",
+        "selector": f"{DEPLOYMENT_LABEL}={owner.name},{ROLE_LABEL}=stable",
+        "gpus": total_gpus(spec, replicas),
+        "url": service_url(owner, serving.settings),
+    }
+    model = _resolved_model(serving.stable, spec_sources(spec.model), spec.model.name)
+    if model is not None:
+        status["model"] = model
+    elif old_status.get("model"):
+        status["model"] = old_status["model"]  # keep reporting what is still serving
+    for role, resolved in serving.others.items():
+        target = spec.traffic.canary if role == "canary" else spec.traffic.shadow
+        assert target is not None
+        status[role] = _resolved_model(resolved, target, spec.model.name)
+    status["traffic"] = _traffic(serving)
+    return status
+
+
+def desired_status(
+    observation: Observation,
+    old_status: Mapping[str, Any],
+    now: str,
+    serving: Serving | None = None,
+    recorded: set[Record] | None = None,
+) -> Manifest:
+    """The whole status to merge-patch onto the ModelDeployment; pure (``now`` is the clock).
+
+    ``serving`` is None when the spec does not validate (the status then carries only the
+    conditions); ``recorded`` is the registry records confirmed so far, None when none are kept.
+    A key the old status has that no longer applies (``model``, ``canary``, ``shadow``) is set to
+    None, which a merge patch deletes. Conditions keep their transition time unless they flip.
+    """
+    status = _serving_status(serving, observation, old_status) if serving is not None else {}
+    if recorded is not None and (recorded or "registryRecords" in old_status):
+        status["registryRecords"] = [r.as_status() for r in sorted(recorded)]
+    conditions = merge_conditions(conditions_in(old_status), decide_conditions(observation), now)
+    status["observedGeneration"] = observation.generation
+    status["conditions"] = [c.model_dump(by_alias=True, exclude_none=True) for c in conditions]
+    for stale in ("model", "canary", "shadow"):
+        if stale in old_status and stale not in status:
+            status[stale] = None  # merge patch: remove what no longer applies
+    return status
+
+
 class Reconciler:
     """Holds the clients; :meth:`reconcile` is safe to call any number of times."""
 
     def __init__(
-        self, kube: KubeApi, resolver: Resolver, settings: OperatorSettings, records: Records | None = None
+        self, kube: KubeClient, resolver: Resolver, settings: OperatorSettings, records: Records | None = None
     ) -> None:
         self.kube = kube
         self.resolver = resolver
@@ -181,14 +279,13 @@ class Reconciler:
         owner = Owner(name=name, namespace=namespace, uid=meta["uid"])
         generation = int(meta.get("generation", 1))
         old_status = body.get("status") or {}
-        old_conditions = [api.Condition.model_validate(c) for c in old_status.get("conditions", [])]
 
         try:
             spec = api.ModelDeploymentSpec.model_validate(body.get("spec") or {})
         except ValidationError as exc:
             invalid = ResolutionFailure("InvalidSpec", f"the spec does not validate: {exc}")
             observation = Observation(generation=generation, desired_replicas=0, resolution_failure=invalid)
-            await self._report(body, owner, observation, {}, old_conditions, outcome)
+            await self._report(body, owner, desired_status(observation, old_status, now_rfc3339()), outcome)
             return outcome
 
         stable, others, error = await self._resolve_all(spec)
@@ -203,63 +300,37 @@ class Reconciler:
                 owner, desired_children(owner, spec, stable.served, served_others, self.settings), outcome
             )
 
-        live_stable = await self.kube.get("apps/v1", "Deployment", namespace, name)
-        pods = await self.kube.list_objects("v1", "Pod", namespace, f"{DEPLOYMENT_LABEL}={name}")
-        desired_replicas = replicas_for(spec, "stable")
-        observation = Observation(
+        observation = await self._observe(owner, spec, generation, stable, failure)
+        recorded: set[Record] | None = None
+        if self.records is not None:
+            serving_now = _registry_served(spec, stable, others)
+            recorded = await self._sync_records(
+                owner, observation, serving_now, recorded_in(old_status), outcome
+            )
+        serving = Serving(owner, spec, self.settings, stable, others)
+        status = desired_status(observation, old_status, now_rfc3339(), serving, recorded)
+        await self._report(body, owner, status, outcome)
+        return outcome
+
+    async def _observe(
+        self,
+        owner: Owner,
+        spec: api.ModelDeploymentSpec,
+        generation: int,
+        stable: Resolved | None,
+        failure: ResolutionFailure | None,
+    ) -> Observation:
+        """Read the stable Deployment and the pods: what the condition policies judge."""
+        live_stable = await self.kube.get("apps/v1", "Deployment", owner.namespace, owner.name)
+        pods = await self.kube.list_objects("v1", "Pod", owner.namespace, f"{DEPLOYMENT_LABEL}={owner.name}")
+        return Observation(
             generation=generation,
-            desired_replicas=desired_replicas,
+            desired_replicas=replicas_for(spec, "stable"),
             resolved=stable.description if stable else None,
             resolution_failure=failure,
             workload=_workload_state(live_stable),
             unschedulable=unschedulable_messages(pods),
         )
-        workload = observation.workload
-        extra: dict[str, Any] = {
-            "replicas": workload.replicas if workload else 0,
-            "readyReplicas": workload.ready_replicas if workload else 0,
-            "ready": f"{workload.ready_replicas if workload else 0}/{desired_replicas}",
-            "selector": f"{DEPLOYMENT_LABEL}={name},{ROLE_LABEL}=stable",
-            "gpus": total_gpus(spec, workload.replicas if workload else 0),
-            "url": service_url(owner, self.settings),
-        }
-        model = _resolved_model(stable, spec_sources(spec.model), spec.model.name)
-        if model is not None:
-            extra["model"] = model
-        elif old_status.get("model"):
-            extra["model"] = old_status["model"]  # keep reporting what is still serving
-        for role, resolved in others.items():
-            target = spec.traffic.canary if role == "canary" else spec.traffic.shadow
-            assert target is not None
-            extra[role] = _resolved_model(resolved, target, spec.model.name)
-        canary_percent = spec.traffic.canary.percent if spec.traffic.canary and "canary" in others else 0
-        traffic = [
-            {
-                "role": "stable",
-                "version": stable.served.version if stable else None,
-                "percent": 100 - canary_percent,
-            }
-        ]
-        if "canary" in others:
-            traffic.append(
-                {"role": "canary", "version": others["canary"].served.version, "percent": canary_percent}
-            )
-        if "shadow" in others and spec.traffic.shadow is not None:
-            traffic.append(
-                {
-                    "role": "shadow",
-                    "version": others["shadow"].served.version,
-                    "percent": spec.traffic.shadow.percent,
-                }
-            )
-        extra["traffic"] = [{k: v for k, v in t.items() if v is not None} for t in traffic] if stable else []
-        if self.records is not None:
-            serving = _registry_served(spec, stable, others)
-            recorded = await self._sync_records(owner, observation, serving, recorded_in(old_status), outcome)
-            if recorded or "registryRecords" in old_status:
-                extra["registryRecords"] = [r.as_status() for r in sorted(recorded)]
-        await self._report(body, owner, observation, extra, old_conditions, outcome)
-        return outcome
 
     async def _sync_records(
         self,
@@ -287,29 +358,13 @@ class Reconciler:
                 outcome.retry_after, outcome.retry_reason = 15.0, str(exc)
         return confirmed
 
-    async def _report(
-        self,
-        body: Manifest,
-        owner: Owner,
-        observation: Observation,
-        extra: dict[str, Any],
-        old_conditions: list[api.Condition],
-        outcome: Outcome,
-    ) -> None:
+    async def _report(self, body: Manifest, owner: Owner, status: Manifest, outcome: Outcome) -> None:
+        """Patch ``status`` only if it changes something, and post an Event per changed condition."""
         old_status = body.get("status") or {}
-        conditions = merge_conditions(old_conditions, decide_conditions(observation), now_rfc3339())
-        status: dict[str, Any] = {
-            **extra,
-            "observedGeneration": observation.generation,
-            "conditions": [c.model_dump(by_alias=True, exclude_none=True) for c in conditions],
-        }
-        for stale in ("model", "canary", "shadow"):
-            if stale in old_status and stale not in status:
-                status[stale] = None  # merge patch: remove what no longer applies
         if any(old_status.get(key) != value for key, value in status.items()):
             await self.kube.patch_status(api.API_VERSION, api.KIND, owner.namespace, owner.name, status)
             outcome.status_changed = True
-        for changed in transitions(old_conditions, conditions):
+        for changed in transitions(conditions_in(old_status), conditions_in(status)):
             await self._event(body, changed)
 
     async def _event(self, body: Manifest, condition: api.Condition) -> None:

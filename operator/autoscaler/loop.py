@@ -14,31 +14,24 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from modelplane.kube import KubeApi, Manifest
-from modelplane.operator.api import v1alpha1 as api
-from modelplane.operator.autoscaler.decide import Decision, Inputs, Sample, Settings, State, decide
-from modelplane.operator.autoscaler.metrics import LoadCache
-from modelplane.operator.children import DEPLOYMENT_LABEL, ROLE_LABEL
+from modelplane.api import v1alpha1 as api
+from modelplane.api.labels import DEPLOYMENT_LABEL, ROLE_LABEL
+from modelplane.autoscaling.decide import Decision, Settings
+from modelplane.autoscaling.scaler import PodCounts, Scaler
+from modelplane.kube import KubeClient, Manifest
+from modelplane.operator.autoscaler.scrape import LoadCache
 from modelplane.operator.events import post_event
 from modelplane.operator.status.conditions import now_rfc3339
 
 log = logging.getLogger("modelplane.autoscaler")
 
 STEP_SECONDS = 2.0
-
-
-@dataclass(frozen=True)
-class PodCounts:
-    ready: int = 0
-    starting: int = 0
-    unschedulable: int = 0
 
 
 def count_pods(pods: list[Manifest]) -> PodCounts:
@@ -64,10 +57,9 @@ class Autoscaler:
 
     namespace: str
     name: str
-    kube: KubeApi
+    kube: KubeClient
     loads: LoadCache
-    state: State = field(default_factory=State)
-    samples: deque[Sample] = field(default_factory=deque)
+    scaler: Scaler = field(default_factory=Scaler)
 
     async def step(self, now: float) -> Decision | None:
         body = await self.kube.get(api.API_VERSION, api.KIND, self.namespace, self.name)
@@ -79,27 +71,14 @@ class Autoscaler:
             return None
         if spec.autoscaling.mode != "builtin" or not self.loads.fresh(now):
             return None
-        settings = Settings.from_spec(spec.autoscaling)
         load = self.loads.loads.get(f"{self.namespace}/{self.name}")
-        concurrency = load.concurrency if load else 0.0
-        self.samples.append(Sample(now, concurrency))
-        while self.samples and now - self.samples[0].time >= settings.stable_window:
-            self.samples.popleft()
         pods = await self.kube.list_objects(
             "v1", "Pod", self.namespace, f"{DEPLOYMENT_LABEL}={self.name},{ROLE_LABEL}=stable"
         )
-        counts = count_pods(pods)
         current = spec.replicas
-        inputs = Inputs(
-            now=now,
-            samples=tuple(self.samples),
-            current_replicas=current,
-            ready_pods=counts.ready,
-            starting_pods=counts.starting,
-            unschedulable_pods=counts.unschedulable,
-            activation_requested=bool(load and load.queued > 0 and current == 0),
+        decision = self.scaler.step(
+            Settings.from_spec(spec.autoscaling), now, load, current, count_pods(pods)
         )
-        decision, self.state = decide(settings, self.state, inputs)
         await self._write(body, current, decision)
         return decision
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
-from modelplane.operator.api.v1alpha1 import Condition
+from modelplane.api.v1alpha1 import Condition
 
 #: The order the conditions are listed in status, for stable output.
 CONDITION_ORDER = ("ModelResolved", "Scheduled", "Progressing", "Available", "Ready")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from modelplane.operator.api.v1alpha1 import Condition
+from modelplane.api.v1alpha1 import Condition
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from modelplane import __version__
-from modelplane.serving.registry import migrate, problems, schemas
+from modelplane.registry_client import schemas
+from modelplane.serving.registry import migrate, problems
 from modelplane.serving.registry.api.routes import admin, aliases, artifacts, health, models, versions
 from modelplane.serving.registry.artifacts import ArtifactStore
 from modelplane.serving.registry.config import Settings

@@ -15,8 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from modelplane.registry_client.schemas import FieldError, Problem
 from modelplane.serving.registry import errors
-from modelplane.serving.registry.schemas import FieldError, Problem
 
 PROBLEM_BASE = "https://modelplane.io/problems/"
 MEDIA_TYPE = "application/problem+json"

@@ -13,12 +13,13 @@ from collections.abc import AsyncIterator, Sequence
 
 from starlette.concurrency import run_in_threadpool
 
-from modelplane.serving.registry import auth, errors, schemas, webhooks
+from modelplane.registry_client import schemas
+from modelplane.registry_client.validation import check_filename
+from modelplane.serving.registry import auth, errors, webhooks
 from modelplane.serving.registry.artifacts import ArtifactStore, parse_digest
 from modelplane.serving.registry.auth import Principal
 from modelplane.serving.registry.config import Settings
 from modelplane.serving.registry.store.base import ArtifactRef, RegistryStore, Versioned, VersionFilter
-from modelplane.serving.registry.validation import check_filename
 
 
 class RegistryService:

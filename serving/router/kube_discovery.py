@@ -14,16 +14,18 @@ model sets its scale subresource to one replica (the router's RBAC allows only t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from pydantic import ValidationError
 
+from modelplane.api import v1alpha1 as api
+from modelplane.api.labels import DEPLOYMENT_LABEL, ROLE_LABEL, VERSION_LABEL
 from modelplane.informer import Informer
 from modelplane.kube import KubeApi, KubeError, Manifest
-from modelplane.operator.api import v1alpha1 as api
-from modelplane.operator.children import DEPLOYMENT_LABEL, ROLE_LABEL, VERSION_LABEL
 from modelplane.serving.router.balancing import Backend, Endpoint
+from modelplane.serving.router.discovery import ApplyRoutes
 from modelplane.serving.router.routes import ModelRoute
 
 log = logging.getLogger("modelplane.router")
@@ -102,13 +104,18 @@ def build_routes(
     return routes
 
 
+def _ignore(routes: dict[str, ModelRoute]) -> None:
+    """The table sink before :meth:`KubernetesDiscovery.start` names the router's."""
+
+
 class KubernetesDiscovery:
     """The informers and the activation call, around :func:`build_routes`."""
 
-    def __init__(self, kube: KubeApi, apply: Callable[[dict[str, ModelRoute]], None]) -> None:
+    def __init__(self, kube: KubeApi) -> None:
         self.kube = kube
-        self.apply = apply
+        self.apply: ApplyRoutes = _ignore
         self._pending: asyncio.Handle | None = None
+        self._task: asyncio.Task[None] | None = None
         selector = f"{DEPLOYMENT_LABEL}"
         self.deployments = Informer(kube, api.API_VERSION, api.KIND, self._changed)
         self.slices = Informer(
@@ -128,6 +135,23 @@ class KubernetesDiscovery:
         ):
             return
         self.apply(build_routes(self.deployments.items, self.slices.items, self.pods.items))
+
+    async def start(self, apply: ApplyRoutes) -> None:
+        """Start the informers; the first table is applied once all three have listed."""
+        self.apply = apply
+        self._task = asyncio.create_task(self.run())
+
+    async def stop(self) -> None:
+        """Stop the informers and close the client (the discovery owns it)."""
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.kube.close()
 
     async def run(self) -> None:
         await asyncio.gather(self.deployments.run(), self.slices.run(), self.pods.run())

@@ -31,11 +31,18 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from modelplane.api.metrics import (
+    ROUTER_CONCURRENCY_SECONDS,
+    ROUTER_IN_FLIGHT,
+    ROUTER_QUEUED,
+    ROUTER_REQUEST_DURATION,
+    ROUTER_REQUESTS,
+    ROUTER_UPTIME,
+    LoadReport,
+    counter_family,
+)
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-
-
-CONCURRENCY_SECONDS = "modelplane_router_concurrency_seconds"  # exposed with the suffix ``_total``
-UPTIME_SECONDS = "modelplane_router_uptime_seconds"
 
 
 class ConcurrencyIntegrator:
@@ -71,31 +78,31 @@ class ConcurrencyCollector(Collector):
     """Exposes every model's integrated concurrency, brought up to the moment of the scrape."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
+        self.clock = clock
         self.started = clock()
         self.models: dict[str, ConcurrencyIntegrator] = {}
 
     def model(self, model: str) -> ConcurrencyIntegrator:
         integrator = self.models.get(model)
         if integrator is None:
-            integrator = self.models[model] = ConcurrencyIntegrator(self._clock)
+            integrator = self.models[model] = ConcurrencyIntegrator(self.clock)
         return integrator
 
     def describe(self) -> Iterator[Metric]:
         yield from self._families(None)
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._families(self._clock())
+        yield from self._families(self.clock())
 
     def _families(self, now: float | None) -> Iterator[Metric]:
         area = CounterMetricFamily(
-            CONCURRENCY_SECONDS,
+            counter_family(ROUTER_CONCURRENCY_SECONDS),
             "Integral over time of requests in flight plus queued, by model, in request-seconds "
             "(its rate is the average concurrency: the autoscaler's signal)",
             labels=["model"],
         )
         uptime = GaugeMetricFamily(
-            UPTIME_SECONDS, "Seconds since this router's metrics began (the clock of the concurrency counter)"
+            ROUTER_UPTIME, "Seconds since this router's metrics began (the clock of the concurrency counter)"
         )
         if now is not None:
             for model, integrator in list(self.models.items()):
@@ -145,10 +152,6 @@ class LatencyTally:
 class RequestMetrics(Collector):
     """Requests by model, version and code; latency by model; in flight by model (lock-free)."""
 
-    REQUESTS = "modelplane_router_requests"  # exposed with the suffix ``_total``
-    LATENCY = "modelplane_router_request_duration_seconds"
-    IN_FLIGHT = "modelplane_router_in_flight_requests"
-
     def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
         self.buckets = buckets
         self.requests: dict[tuple[str, str, str], Tally] = {}
@@ -163,19 +166,19 @@ class RequestMetrics(Collector):
 
     def _families(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
-            self.REQUESTS,
+            counter_family(ROUTER_REQUESTS),
             "Requests answered, by model, version and status code",
             labels=["model", "version", "code"],
         )
         for labels, tally in list(self.requests.items()):
             requests.add_metric(labels, tally.value)
         latency = HistogramMetricFamily(
-            self.LATENCY, "Time from request to response, by model", labels=["model"]
+            ROUTER_REQUEST_DURATION, "Time from request to response, by model", labels=["model"]
         )
         for model, histogram in list(self.latency.items()):
             latency.add_metric([model], histogram.cumulative(), histogram.sum)
         in_flight = GaugeMetricFamily(
-            self.IN_FLIGHT, "Requests in flight, by model, at the moment of the scrape", labels=["model"]
+            ROUTER_IN_FLIGHT, "Requests in flight, by model, at the moment of the scrape", labels=["model"]
         )
         for model, tally in list(self.in_flight.items()):
             in_flight.add_metric([model], tally.value)
@@ -202,7 +205,7 @@ class RouterMetrics:
         self.per_request = RequestMetrics()
         r.register(self.per_request)
         self.queued = Gauge(
-            "modelplane_router_queued_requests",
+            ROUTER_QUEUED,
             "Requests waiting for a scaled-to-zero model (point in time)",
             ["model"],
             registry=r,
@@ -248,6 +251,21 @@ class RouterMetrics:
         if tally is None:
             tally = self.per_request.in_flight[model] = Tally()
         return tally
+
+    def load_report(self) -> LoadReport:
+        """The figures of the four load metrics, typed: what a scrape of them would parse to."""
+        now = self.concurrency.clock()
+        queued = {
+            sample.labels["model"]: max(0.0, sample.value)
+            for family in self.queued.collect()
+            for sample in family.samples
+        }
+        return LoadReport(
+            in_flight={model: max(0.0, tally.value) for model, tally in self.per_request.in_flight.items()},
+            queued=queued,
+            areas={model: integrator.area_at(now) for model, integrator in self.concurrency.models.items()},
+            uptime=now - self.concurrency.started,
+        )
 
     def model_concurrency(self, model: str) -> ConcurrencyIntegrator:
         """The model's integrator: ``add(1)`` when a request enters, ``add(-1)`` when it leaves."""

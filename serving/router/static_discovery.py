@@ -6,12 +6,14 @@ A broken edit never takes routes away: the error is logged and the last good rou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
+from modelplane.serving.router.discovery import ApplyRoutes
 from modelplane.serving.router.routes import ModelRoute, RoutesError, parse_static_routes
 
 log = logging.getLogger("modelplane.router")
@@ -51,3 +53,26 @@ async def watch_routes(
             except RoutesError as exc:
                 log.error("%s (keeping the last good routes)", exc)
         await asyncio.sleep(interval_s)
+
+
+class StaticDiscovery:
+    """Routes from a file: applied at start (a bad file fails the start), then followed."""
+
+    def __init__(self, path: Path, interval_s: float = 1.0) -> None:
+        self.path = path
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, apply: ApplyRoutes) -> None:
+        apply(load_routes(self.path))  # fail fast on a bad file at start-up
+        self._task = asyncio.create_task(watch_routes(self.path, apply, self.interval_s))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def activate(self, model: str) -> None:
+        log.info("model %s has no ready endpoint; static discovery cannot start it", model)

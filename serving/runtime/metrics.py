@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from modelplane.api.metrics import RUNTIME_IN_FLIGHT
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -65,7 +67,7 @@ class RuntimeMetrics:
             registry=self.registry,
         )
         self.inflight = Gauge(
-            "modelplane_runtime_inflight_requests",
+            RUNTIME_IN_FLIGHT,
             "Inference requests received and not yet answered",
             ["model"],
             registry=self.registry,

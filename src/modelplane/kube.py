@@ -12,7 +12,7 @@ import json
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
@@ -90,6 +90,36 @@ def resource_path(api_version: str, kind: str, namespace: str | None, name: str 
     if name is not None:
         path += f"/{quote(name, safe='')}"
     return path
+
+
+class KubeClient(Protocol):
+    """The part of :class:`KubeApi` the operator's reconcile and autoscaling loop use.
+
+    The operator is typed against this, so its orchestration can be unit-tested with the in-memory
+    :class:`modelplane.testing.fake_kube.FakeKube`; :class:`KubeApi` is the real implementation.
+    """
+
+    field_manager: str
+
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> Manifest | None: ...
+
+    async def list_objects(
+        self, api_version: str, kind: str, namespace: str, label_selector: str
+    ) -> list[Manifest]: ...
+
+    async def apply(self, manifest: Manifest) -> Manifest: ...
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None: ...
+
+    async def patch_merge(
+        self, api_version: str, kind: str, namespace: str, name: str, patch: Manifest, subresource: str = ""
+    ) -> Manifest: ...
+
+    async def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: Manifest
+    ) -> Manifest: ...
+
+    async def create_event(self, namespace: str, event: Manifest) -> None: ...
 
 
 class KubeApi:

@@ -24,7 +24,7 @@ import torch
 import tritonclient.http as httpclient
 import yaml
 
-from modelplane.serving.registry.client import RegistryClient
+from modelplane.registry_client.client import RegistryClient
 from modelplane.testing import chart
 from modelplane.testing.cluster import Cluster, wait_for
 from modelplane.testing.operator import register_mlp

@@ -18,7 +18,7 @@ import pytest
 import tritonclient.http as httpclient
 import yaml
 
-from modelplane.operator.api.v1alpha1 import ModelDeploymentSpec
+from modelplane.api.v1alpha1 import ModelDeploymentSpec
 from modelplane.operator.children import OperatorSettings, replicas_for
 from modelplane.testing.cluster import Cluster, wait_for
 from modelplane.testing.modeldeployments import (

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from modelplane.serving.registry.client import RegistryClientError
+from modelplane.registry_client.client import RegistryClientError
 from modelplane.testing.cluster import Cluster, wait_for
 from modelplane.testing.modeldeployments import get_md, md_manifest, wait_ready
 from modelplane.testing.operator import MLP_SIGNATURE, OperatorProcess

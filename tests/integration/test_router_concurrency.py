@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from modelplane.operator.autoscaler.metrics import RouterPage, parse_router_page
+from modelplane.api.metrics import LoadReport
+from modelplane.autoscaling.load import parse_router_page
 from modelplane.testing.cluster import wait_for
 from modelplane.testing.router import RouterProcess, write_routes
 
@@ -75,7 +76,7 @@ def test_requests_held_in_flight_grow_the_concurrency_counter_by_their_number_pe
 ) -> None:
     router, backend = held_router
 
-    def page() -> RouterPage:
+    def page() -> LoadReport:
         return parse_router_page(router.metrics_text())
 
     def infer(_: int) -> int:

@@ -68,7 +68,7 @@ def cursor_key(kind: str, cursor: str | None) -> int | None:
 
 
 def parse_tag_filters(values: list[str] | None) -> list[tuple[str, str | None]]:
-    from modelplane.serving.registry.validation import check_tag_key
+    from modelplane.registry_client.validation import check_tag_key
 
     out: list[tuple[str, str | None]] = []
     for raw in values or []:

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Path
 from pydantic import AfterValidator
 
-from modelplane.serving.registry import validation
+from modelplane.registry_client import validation
 
 ModelNamePath = Annotated[
     str,

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from modelplane.serving.registry import schemas
+from modelplane.registry_client import schemas
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from sqlalchemy import bindparam, delete, func, insert, literal, select, text, u
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload
 
-from modelplane.serving.registry import errors, schemas
+from modelplane.registry_client import schemas
+from modelplane.serving.registry import errors
 from modelplane.serving.registry.db import Database
 from modelplane.serving.registry.models import (
     Alias,

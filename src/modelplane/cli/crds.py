@@ -33,8 +33,8 @@ def generate(
     ] = False,
 ) -> None:
     """Write the ModelDeployment CRD (into crds/ and the chart) and its reference page, from the API types."""
-    from modelplane.operator.api.crd import render
-    from modelplane.operator.api.reference import render_reference
+    from modelplane.api.crd import render
+    from modelplane.api.reference import render_reference
 
     rendered = render()
     outputs = {folder / name: text for folder in (output_dir, chart_dir) for name, text in rendered.items()}

@@ -100,7 +100,8 @@ def operator(
     """Reconcile ModelDeployments into serving pods, report their status, and scale them with load."""
     from modelplane.operator.children import OperatorSettings
     from modelplane.operator.main import RunOptions, run_forever
-    from modelplane.operator.registry_resolver import RegistryRecords, RegistryResolver
+    from modelplane.operator.registry_records import RegistryRecords
+    from modelplane.resolution.registry import RegistryResolver
 
     token = os.environ.get("MODELPLANE_REGISTRY_TOKEN")
     if registry_token_file is not None:

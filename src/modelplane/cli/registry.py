@@ -33,13 +33,13 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 def _client(url: str, token: str | None) -> Any:
-    from modelplane.serving.registry.client import RegistryClient
+    from modelplane.registry_client.client import RegistryClient
 
     return RegistryClient(url, token)
 
 
 def _run(fn: Any) -> Any:
-    from modelplane.serving.registry.client import RegistryClientError
+    from modelplane.registry_client.client import RegistryClientError
 
     try:
         return fn()
@@ -283,7 +283,8 @@ def tokens_create(
 ) -> None:
     """Create a token and print its secret (shown once; the registry stores only a hash)."""
     if database_url is not None:
-        from modelplane.serving.registry import auth, migrate, schemas
+        from modelplane.registry_client import schemas
+        from modelplane.serving.registry import auth, migrate
         from modelplane.serving.registry.db import Database
         from modelplane.serving.registry.store.sql import SqlStore
 

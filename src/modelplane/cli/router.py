@@ -64,7 +64,7 @@ def router(
 ) -> None:
     """Route V2 inference requests (HTTP and gRPC) to the ready pods of each model version."""
     from modelplane.serving.router.routes import RoutesError
-    from modelplane.serving.router.server import RouterOptions, serve
+    from modelplane.serving.router.server import RouterOptions, RouterSettings, serve
 
     if discovery is Discovery.static and routes is None:
         raise typer.BadParameter("--discovery static needs --routes FILE", param_hint="--routes")
@@ -75,13 +75,15 @@ def router(
         grpc_port=grpc_port,
         discovery=discovery.value,
         routes_file=routes,
-        default_namespace=default_namespace,
-        max_body_bytes=max_body_bytes,
-        request_timeout_s=request_timeout,
-        body_timeout_s=body_timeout,
-        queue_size=queue_size,
-        queue_timeout_s=queue_timeout,
-        drain_timeout_s=drain_timeout,
+        settings=RouterSettings(
+            default_namespace=default_namespace,
+            max_body_bytes=max_body_bytes,
+            request_timeout_s=request_timeout,
+            body_timeout_s=body_timeout,
+            queue_size=queue_size,
+            queue_timeout_s=queue_timeout,
+            drain_timeout_s=drain_timeout,
+        ),
         drain_delay_s=drain_delay,
     )
     try:

@@ -13,7 +13,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelplane.serving.registry.client import RegistryClient, RegistryClientError
+from modelplane.registry_client.client import RegistryClient, RegistryClientError
 
 DEMO_NAME = "demo"
 DEMO_ALIAS = "production"

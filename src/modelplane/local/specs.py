@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from modelplane.operator.api.v1alpha1 import ModelDeployment, ModelDeploymentSpec
+from modelplane.api.v1alpha1 import ModelDeployment, ModelDeploymentSpec
 
 NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 SUFFIXES = (".yaml", ".yml")

@@ -29,14 +29,15 @@ from rich.panel import Panel
 from rich.syntax import Syntax
 
 from modelplane.local.demo import DEMO_NAME, ensure_demo, write_demo_deployment
+from modelplane.local.discovery import PushedDiscovery
 from modelplane.local.layout import AlreadyRunningError, DataDir, read_json, write_json
 from modelplane.local.processes import free_port, modelplane_command, spawn, terminate
 from modelplane.local.supervisor import Supervisor
 from modelplane.local.usage import curl_command, tritonclient_snippet
 from modelplane.local.view import plain_lines, status_view
-from modelplane.operator.registry_resolver import RegistryResolver
-from modelplane.serving.registry.client import RegistryClient
-from modelplane.serving.router.local_discovery import LocalRouter
+from modelplane.registry_client.client import RegistryClient
+from modelplane.resolution.registry import RegistryResolver
+from modelplane.serving.router.server import Router, RouterSettings
 
 log = logging.getLogger("modelplane.up")
 
@@ -186,7 +187,7 @@ class Stack:
             loop.add_signal_handler(sig, self.stop.set)
         deployments_dir = self._deployments_dir()
         token = self.data.token()
-        router: LocalRouter | None = None
+        router: Router | None = None
         supervisor: Supervisor | None = None
         supervisor_task: asyncio.Task[None] | None = None
         try:
@@ -211,23 +212,22 @@ class Stack:
                 if supervisor is not None:
                     await supervisor.activate(model)
 
-            router = LocalRouter(
-                http_socket,
-                f"{options.host}:{options.grpc_port}",
-                activate,
-                drain_timeout_s=options.drain_timeout_s,
-            )
+            discovery = PushedDiscovery(activate)
+            router = Router(discovery, RouterSettings(drain_timeout_s=options.drain_timeout_s))
             supervisor = Supervisor(
                 self.data,
                 deployments_dir,
                 RegistryResolver(registry_url, token),
-                router,
+                discovery,
+                router.load_report,
                 artifact_token=token,
                 router_http_port=options.http_port,
                 drain_timeout_s=options.drain_timeout_s,
             )
             try:
-                await router.start()
+                await router.start(
+                    http_socket=http_socket, grpc_address=f"{options.host}:{options.grpc_port}"
+                )
             except OSError as exc:
                 raise StackError(f"{exc}: pick another port with --grpc-port") from None
             write_json(

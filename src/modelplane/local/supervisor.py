@@ -15,7 +15,7 @@ import hashlib
 import logging
 import subprocess
 import time
-from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,13 +23,15 @@ from typing import Any, Protocol
 
 import httpx
 
+from modelplane.api.metrics import LoadReport
+from modelplane.autoscaling.decide import Decision, Settings
+from modelplane.autoscaling.load import ConcurrencyAverager, ModelLoad, Scrape
+from modelplane.autoscaling.scaler import PodCounts, Scaler
 from modelplane.local.layout import DataDir, read_json, write_json
 from modelplane.local.plan import Action, ReplicaView, Start, Stop, Want, plan
 from modelplane.local.processes import free_port, modelplane_command, spawn, terminate
 from modelplane.local.specs import LocalDeployment, SpecError, folder_signature, load_directory
-from modelplane.operator.autoscaler.decide import Decision, Inputs, Sample, Settings, State, decide
-from modelplane.operator.autoscaler.metrics import ModelLoad
-from modelplane.operator.resolver import ResolutionError, Resolved, Resolver, ServingOptions, spec_sources
+from modelplane.resolution.resolver import ResolutionError, Resolved, Resolver, ServingOptions, spec_sources
 from modelplane.serving.router.balancing import Backend, Endpoint
 from modelplane.serving.router.routes import ModelRoute
 
@@ -41,12 +43,10 @@ MAX_BACKOFF_S = 30.0
 ARTIFACT_TOKEN_ENV = "MODELPLANE_ARTIFACT_TOKEN"  # noqa: S105 (a variable name)
 
 
-class RouterHooks(Protocol):
-    """What the supervisor needs from the router: push routes, read load per model."""
+class RouteSink(Protocol):
+    """Where the supervisor pushes the router's table (the router's pushed discovery)."""
 
     def set_routes(self, routes: dict[str, ModelRoute]) -> None: ...
-
-    def loads(self) -> dict[str, ModelLoad]: ...
 
 
 @dataclass
@@ -89,8 +89,7 @@ class Tracked:
     resolved_at: float = -1e9
     problem: str | None = None
     revision: str | None = None
-    autoscaler: State = field(default_factory=State)
-    samples: deque[Sample] = field(default_factory=deque)
+    scaler: Scaler = field(default_factory=Scaler)
     decision: Decision | None = None
 
 
@@ -112,7 +111,8 @@ class Supervisor:
         data: DataDir,
         deployments_dir: Path,
         resolver: Resolver,
-        router: RouterHooks,
+        router: RouteSink,
+        router_load: Callable[[], LoadReport],
         *,
         artifact_token: str,
         router_http_port: int,
@@ -122,6 +122,8 @@ class Supervisor:
         self.deployments_dir = deployments_dir
         self.resolver = resolver
         self.router = router
+        self.router_load = router_load
+        self._averager = ConcurrencyAverager()
         self.artifact_token = artifact_token
         self.router_http_port = router_http_port
         self.drain_timeout_s = drain_timeout_s
@@ -167,7 +169,7 @@ class Supervisor:
         for tracked in self.tracked.values():
             await self._resolve(tracked, now)
         await self._check_health()
-        loads = self.router.loads()
+        loads = self._loads()
         for name, tracked in self.tracked.items():
             self._autoscale(name, tracked, loads.get(name), now)
         wants = {
@@ -338,27 +340,32 @@ class Supervisor:
 
     # -- autoscaling ------------------------------------------------------------------------------
 
+    def _loads(self) -> dict[str, ModelLoad]:
+        """Requests per model, as the operator's autoscaler reads them from its routers.
+
+        Each call yields the average concurrency since the previous call (the first: the gauges),
+        so it is called once per step.
+        """
+        scrape = Scrape(self.router_load(), time.monotonic())
+        return self._averager.update({"local": scrape})
+
     def _autoscale(self, name: str, tracked: Tracked, load: ModelLoad | None, now: float) -> None:
         spec = tracked.deployment.spec
         if spec.autoscaling.mode != "builtin":
             tracked.scale = _initial_scale(tracked.deployment)
             return
-        settings = Settings.from_spec(spec.autoscaling)
-        concurrency = load.concurrency if load else 0.0
-        tracked.samples.append(Sample(now, concurrency))
-        while tracked.samples and now - tracked.samples[0].time >= settings.stable_window:
-            tracked.samples.popleft()
         mine = [r.view() for r in self.replicas.values() if r.deployment == name]
-        activation = name in self._activations or bool(load and load.queued > 0 and tracked.scale == 0)
-        inputs = Inputs(
-            now=now,
-            samples=tuple(tracked.samples),
-            current_replicas=tracked.scale,
-            ready_pods=sum(v.state == "ready" for v in mine),
-            starting_pods=sum(v.state == "starting" for v in mine),
-            activation_requested=activation,
+        pods = PodCounts(
+            ready=sum(v.state == "ready" for v in mine), starting=sum(v.state == "starting" for v in mine)
         )
-        decision, tracked.autoscaler = decide(settings, tracked.autoscaler, inputs)
+        decision = tracked.scaler.step(
+            Settings.from_spec(spec.autoscaling),
+            now,
+            load,
+            tracked.scale,
+            pods,
+            activation_requested=name in self._activations,
+        )
         if decision.desired != tracked.scale:
             log.info("%s: replicas %d -> %d (%s)", name, tracked.scale, decision.desired, decision.reason)
         tracked.scale = decision.desired

@@ -19,7 +19,7 @@ import httpx
 import torch
 
 from modelplane.local.processes import die_with_parent, free_port
-from modelplane.serving.registry.client import RegistryClient
+from modelplane.registry_client.client import RegistryClient
 from modelplane.testing.runtime import make_mlp, save_torchscript
 
 #: The Secret (key ``token``) serving pods download registry artifacts with.

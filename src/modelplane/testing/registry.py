@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from modelplane.local.processes import die_with_parent, free_port
-from modelplane.serving.registry.client import RegistryClient
+from modelplane.registry_client.client import RegistryClient
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"  # noqa: S105 - the test servers' bootstrap token
 START_TIMEOUT_S = 60.0

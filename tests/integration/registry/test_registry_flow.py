@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from modelplane.serving.registry.client import RegistryClientError
+from modelplane.registry_client.client import RegistryClientError
 from modelplane.testing.registry import RegistryProcess
 
 PROBLEM = "application/problem+json"

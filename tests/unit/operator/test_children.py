@@ -4,17 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelplane.operator.api.v1alpha1 import ModelDeploymentSpec
-from modelplane.operator.children import (
-    DEPLOYMENT_LABEL,
-    ROLE_LABEL,
-    OperatorSettings,
-    Owner,
-    ServedVersion,
-    desired_children,
-    replicas_for,
-)
+from modelplane.api.labels import DEPLOYMENT_LABEL, ROLE_LABEL
+from modelplane.api.v1alpha1 import ModelDeploymentSpec
+from modelplane.operator.children import OperatorSettings, Owner, desired_children, replicas_for
 from modelplane.operator.gpus import PRODUCT_LABEL
+from modelplane.resolution.resolver import ServedVersion
 
 OWNER = Owner(name="iris", namespace="team-a", uid="1234-5678")
 SETTINGS = OperatorSettings()

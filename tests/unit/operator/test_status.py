@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from modelplane.operator.api.v1alpha1 import Condition
+from modelplane.api.v1alpha1 import Condition
 from modelplane.operator.status.conditions import merge_conditions, transitions
 from modelplane.operator.status.readiness import (
     Observation,

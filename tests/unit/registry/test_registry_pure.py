@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from modelplane.serving.registry import errors, validation
+from modelplane.registry_client import validation
+from modelplane.serving.registry import errors
 from modelplane.serving.registry.artifacts import ArtifactStore, is_within, parse_digest
 from modelplane.serving.registry.auth import Principal, require
 from modelplane.serving.registry.pagination import InvalidCursorError, decode_cursor, encode_cursor

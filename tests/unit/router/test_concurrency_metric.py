@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from prometheus_client import generate_latest
 
-from modelplane.operator.autoscaler.metrics import parse_router_page
+from modelplane.autoscaling.load import parse_router_page
 from modelplane.serving.router.activation import ActivationQueue
 from modelplane.serving.router.balancing import Backend, Endpoint
 from modelplane.serving.router.dispatch import BackendUnavailableError, Dispatcher
@@ -110,3 +110,23 @@ async def test_dispatch_counts_queued_and_in_flight_time_and_a_retry_is_not_coun
     load = metrics.model_concurrency("ns/iris")
     assert load.level == 0
     assert load.area_at(clock.now) == pytest.approx(5.0)
+
+
+def test_the_typed_load_report_says_what_a_scrape_of_the_page_parses_to() -> None:
+    # The local stack reads the report typed, the operator parses the page: both must agree.
+    clock = Clock(10.0)
+    metrics = RouterMetrics(clock=clock)
+    busy = metrics.model_concurrency("ns/iris")
+    busy.add(1)
+    metrics.model_in_flight("ns/iris").inc()
+    metrics.model_in_flight("ns/idle").inc()
+    metrics.model_in_flight("ns/idle").dec()
+    metrics.queued.labels(model="ns/asleep").inc(2)
+    metrics.model_concurrency("ns/asleep").add(2)
+    clock.now = 12.5
+    report = metrics.load_report()
+    assert report == parse_router_page(generate_latest(metrics.registry).decode())
+    assert report.areas == pytest.approx({"ns/iris": 2.5, "ns/asleep": 5.0})
+    assert report.in_flight == {"ns/iris": 1.0, "ns/idle": 0.0}
+    assert report.queued == {"ns/asleep": 2.0}
+    assert report.uptime == pytest.approx(2.5)

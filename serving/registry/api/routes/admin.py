@@ -6,7 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from modelplane.serving.registry import problems, schemas
+from modelplane.registry_client import schemas
+from modelplane.serving.registry import problems
 from modelplane.serving.registry.api.deps import CursorQuery, LimitQuery, PrincipalDep, ServiceDep, cursor_key
 from modelplane.serving.registry.api.params import IdPath
 from modelplane.serving.registry.pagination import DEFAULT_LIMIT, encode_cursor

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from modelplane.serving.registry import problems, schemas
+from modelplane.registry_client import schemas
+from modelplane.serving.registry import problems
 from modelplane.serving.registry.api.deps import PrincipalDep, ServiceDep, json_response
 from modelplane.serving.registry.api.params import AliasPath, ModelNamePath
 

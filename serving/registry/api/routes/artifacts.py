@@ -8,7 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 
-from modelplane.serving.registry import errors, problems, schemas
+from modelplane.registry_client import schemas
+from modelplane.serving.registry import errors, problems
 from modelplane.serving.registry.api.deps import PrincipalDep, ServiceDep
 from modelplane.serving.registry.api.params import ModelNamePath, VersionPath
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from modelplane.serving.registry import errors, problems, schemas
+from modelplane.registry_client import schemas
+from modelplane.serving.registry import errors, problems
 from modelplane.serving.registry.api.deps import ServiceDep
 from modelplane.serving.registry.metrics import REGISTRY
 

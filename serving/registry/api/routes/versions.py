@@ -6,7 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from modelplane.serving.registry import problems, schemas
+from modelplane.registry_client import schemas
+from modelplane.serving.registry import problems
 from modelplane.serving.registry.api.deps import (
     CursorQuery,
     LimitQuery,

@@ -1,11 +1,10 @@
-"""The autoscaler's inputs: load summed over routers, and pods classified as capacity or not."""
+"""The autoscaler's load: requests per model summed over routers, averaged over each interval."""
 
 from __future__ import annotations
 
 import pytest
 
-from modelplane.operator.autoscaler.loop import count_pods
-from modelplane.operator.autoscaler.metrics import (
+from modelplane.autoscaling.load import (
     ConcurrencyAverager,
     Scrape,
     parse_router_metrics,
@@ -137,26 +136,3 @@ def test_point_in_time_parsing_ignores_the_counter() -> None:
     loads = parse_router_metrics([page(5.0, {"m": 1000.0}, {"m": 2})])
     assert loads["m"].concurrency == 2.0
     assert loads["m"].average is None
-
-
-def _pod(ready: bool = False, unschedulable: bool = False, deleting: bool = False) -> dict[str, object]:
-    conditions = []
-    if unschedulable:
-        conditions.append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable"})
-    else:
-        conditions.append({"type": "PodScheduled", "status": "True"})
-        conditions.append({"type": "Ready", "status": "True" if ready else "False"})
-    return {"metadata": {"deletionTimestamp": "x"} if deleting else {}, "status": {"conditions": conditions}}
-
-
-def test_pods_waiting_for_a_gpu_are_not_capacity_and_terminating_pods_do_not_count() -> None:
-    counts = count_pods(
-        [
-            _pod(ready=True),
-            _pod(ready=True),
-            _pod(),
-            _pod(unschedulable=True),
-            _pod(ready=True, deleting=True),
-        ]
-    )
-    assert (counts.ready, counts.starting, counts.unschedulable) == (2, 1, 1)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from modelplane.operator.api.v1alpha1 import ModelDeployment
+from modelplane.api.v1alpha1 import ModelDeployment
 
 GOOD: dict[str, Any] = {
     "apiVersion": "modelplane.io/v1alpha1",

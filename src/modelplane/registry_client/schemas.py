@@ -11,7 +11,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from modelplane.serving.registry import validation
+from modelplane.registry_client import validation
 
 VersionStatus = Literal["PENDING", "READY", "FAILED"]
 Scope = Literal["read", "write", "admin"]

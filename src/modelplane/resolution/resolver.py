@@ -12,8 +12,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from modelplane.operator.api.v1alpha1 import ModelDeploymentSpec, ModelSource, ModelSpec
-from modelplane.operator.children import Role, ServedVersion
+from modelplane.api.labels import Role
+from modelplane.api.v1alpha1 import ModelDeploymentSpec, ModelSource, ModelSpec
+
+
+@dataclass(frozen=True)
+class ServedVersion:
+    """One resolved version to run: where its artifact is and what it is."""
+
+    role: Role
+    model_name: str
+    version: int | None  # None for a direct storageUri
+    artifact_uri: str
+    sha256: str | None
+    config_pbtxt: str  # Triton model configuration the runtime serves it with
 
 
 class ResolutionError(Exception):

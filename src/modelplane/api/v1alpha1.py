@@ -15,7 +15,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
 
-from modelplane.operator.api.rules import Rule, check_rules
+from modelplane.api.rules import Rule, check_rules
 
 GROUP = "modelplane.io"
 VERSION = "v1alpha1"

@@ -1,8 +1,10 @@
-"""Gathering concurrency for the autoscaler: the routers' requests per model, averaged over time.
+"""The load arithmetic of autoscaling: the routers' requests per model, averaged over time.
 
 The routers see every request a model gets (including those held while it is scaled to zero),
-so they are the signal. Each router exposes Prometheus text; the operator scrapes them all about
-once a second and sums per model.
+so they are the signal. On Kubernetes each router exposes Prometheus text, which the operator
+scrapes about once a second (:func:`parse_router_page`); the local stack's router hands over the
+same figures as a typed :class:`~modelplane.api.metrics.LoadReport`. Either way the loads are
+summed per model.
 
 The figure used is the *time-averaged* concurrency since the previous scrape: each router keeps
 ``modelplane_router_concurrency_seconds_total{model}``, the integral over time of its in-flight
@@ -17,27 +19,24 @@ the router restarted (its uptime or a counter went back, or a model it reported 
 routers too old to expose the counter. The queued gauge also stays the activation signal: a
 request waiting now must wake a scaled-to-zero model, whatever the average says.
 
-Scraping is I/O around pure functions (:func:`parse_router_page`, :func:`router_loads`,
-:func:`sum_loads`), so the arithmetic is tested on recorded text.
+Everything here is pure (:func:`parse_router_page`, :func:`router_loads`, :func:`sum_loads`), so
+the arithmetic is tested on recorded text; the scraping itself is the operator's I/O.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-log = logging.getLogger("modelplane.autoscaler")
-
-IN_FLIGHT = "modelplane_router_in_flight_requests"
-QUEUED = "modelplane_router_queued_requests"
-CONCURRENCY_SECONDS = "modelplane_router_concurrency_seconds_total"
-UPTIME = "modelplane_router_uptime_seconds"
+from modelplane.api.metrics import (
+    ROUTER_CONCURRENCY_SECONDS,
+    ROUTER_IN_FLIGHT,
+    ROUTER_QUEUED,
+    ROUTER_UPTIME,
+    LoadReport,
+)
 
 
 @dataclass(frozen=True)
@@ -57,17 +56,7 @@ class ModelLoad:
         return self.average if self.average is not None else self.in_flight + self.queued
 
 
-@dataclass(frozen=True)
-class RouterPage:
-    """What one router's /metrics says: its gauges, and its concurrency areas when it has them."""
-
-    in_flight: dict[str, float]
-    queued: dict[str, float]
-    areas: dict[str, float] | None = None  # None: the router does not expose the counter
-    uptime: float | None = None
-
-
-def parse_router_page(text: str) -> RouterPage:
+def parse_router_page(text: str) -> LoadReport:
     """Read the autoscaler's metrics from one router's Prometheus text."""
     in_flight: dict[str, float] = {}
     queued: dict[str, float] = {}
@@ -76,15 +65,15 @@ def parse_router_page(text: str) -> RouterPage:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             # Match samples, not families: the parser names a counter's family without ``_total``.
-            if sample.name == UPTIME:
+            if sample.name == ROUTER_UPTIME:
                 uptime = float(sample.value)
                 continue
-            if sample.name == CONCURRENCY_SECONDS:
+            if sample.name == ROUTER_CONCURRENCY_SECONDS:
                 areas = {} if areas is None else areas
                 target = areas
-            elif sample.name == IN_FLIGHT:
+            elif sample.name == ROUTER_IN_FLIGHT:
                 target = in_flight
-            elif sample.name == QUEUED:
+            elif sample.name == ROUTER_QUEUED:
                 target = queued
             else:
                 continue
@@ -93,21 +82,21 @@ def parse_router_page(text: str) -> RouterPage:
                 target[model] = target.get(model, 0.0) + max(0.0, float(sample.value))
     if areas is None and uptime is not None:
         areas = {}  # a router that has seen no request yet exposes the clock but no model
-    return RouterPage(in_flight, queued, areas, uptime)
+    return LoadReport(in_flight, queued, areas, uptime)
 
 
 @dataclass(frozen=True)
 class Scrape:
-    """One router's page and the scraper's clock when it arrived (used when the router has no uptime)."""
+    """One router's load report and the scraper's clock on arrival (used when the router has no uptime)."""
 
-    page: RouterPage
+    report: LoadReport
     time: float
 
 
 def _interval(previous: Scrape, current: Scrape) -> float | None:
     """Seconds between two scrapes of one router, on its own clock where it has one; None if it restarted."""
-    if previous.page.uptime is not None and current.page.uptime is not None:
-        elapsed = current.page.uptime - previous.page.uptime
+    if previous.report.uptime is not None and current.report.uptime is not None:
+        elapsed = current.report.uptime - previous.report.uptime
     else:
         elapsed = current.time - previous.time
     return elapsed if elapsed > 0 else None
@@ -115,13 +104,13 @@ def _interval(previous: Scrape, current: Scrape) -> float | None:
 
 def router_loads(previous: Scrape | None, current: Scrape) -> dict[str, ModelLoad]:
     """Per-model load from one router: the average since ``previous`` where measurable, else the gauges."""
-    page = current.page
+    report = current.report
     averages = _averages(previous, current)
-    models = set(page.in_flight) | set(page.queued) | set(averages or {})
+    models = set(report.in_flight) | set(report.queued) | set(averages or {})
     return {
         model: ModelLoad(
-            page.in_flight.get(model, 0.0),
-            page.queued.get(model, 0.0),
+            report.in_flight.get(model, 0.0),
+            report.queued.get(model, 0.0),
             None if averages is None else averages.get(model, 0.0),
         )
         for model in models
@@ -130,10 +119,10 @@ def router_loads(previous: Scrape | None, current: Scrape) -> dict[str, ModelLoa
 
 def _averages(previous: Scrape | None, current: Scrape) -> dict[str, float] | None:
     """Δarea / Δt per model between two scrapes of one router; None when that cannot be measured."""
-    if previous is None or previous.page.areas is None or current.page.areas is None:
+    if previous is None or previous.report.areas is None or current.report.areas is None:
         return None
     interval = _interval(previous, current)
-    before, now = previous.page.areas, current.page.areas
+    before, now = previous.report.areas, current.report.areas
     # A counter that went back, or a model that vanished, means the router restarted.
     if interval is None or any(model not in now or now[model] < area for model, area in before.items()):
         return None
@@ -174,44 +163,3 @@ class ConcurrencyAverager:
         loads = [router_loads(self.previous.get(url), scrape) for url, scrape in pages.items()]
         self.previous.update(pages)
         return sum_loads(loads)
-
-
-@dataclass
-class LoadCache:
-    """The latest per-model load, refreshed by :meth:`run`; ``fresh`` tells whether scrapes succeed."""
-
-    urls: list[str]
-    interval_s: float = 1.0
-    loads: dict[str, ModelLoad] = field(default_factory=dict)
-    updated: float = 0.0
-    errors: int = 0
-    averager: ConcurrencyAverager = field(default_factory=ConcurrencyAverager)
-
-    def fresh(self, now: float, max_age_s: float = 10.0) -> bool:
-        return now - self.updated <= max_age_s
-
-    async def scrape_once(self, client: httpx.AsyncClient) -> None:
-        results = await asyncio.gather(*(self._get(client, url) for url in self.urls), return_exceptions=True)
-        pages: dict[str, Scrape] = {}
-        for url, result in zip(self.urls, results, strict=True):
-            if isinstance(result, BaseException):
-                self.errors += 1
-                log.warning("cannot scrape router metrics at %s: %s", url, result)
-                continue
-            pages[url] = result
-        if pages or not self.urls:
-            self.loads = self.averager.update(pages)
-            self.updated = time.monotonic()
-
-    @staticmethod
-    async def _get(client: httpx.AsyncClient, url: str) -> Scrape:
-        response = await client.get(url)
-        if response.status_code != 200:
-            raise RuntimeError(f"HTTP {response.status_code}")
-        return Scrape(parse_router_page(response.text), time.monotonic())
-
-    async def run(self) -> None:
-        async with httpx.AsyncClient(timeout=2.0, trust_env=False) as client:
-            while True:
-                await self.scrape_once(client)
-                await asyncio.sleep(self.interval_s)

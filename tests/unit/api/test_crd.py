@@ -11,10 +11,10 @@ import pytest
 import yaml
 from celpy.adapter import json_to_cel
 
-from modelplane.operator.api import v1alpha1 as api
-from modelplane.operator.api.crd import custom_resource_definition, render
-from modelplane.operator.api.reference import render_reference
-from modelplane.operator.api.rules import Rule
+from modelplane.api import v1alpha1 as api
+from modelplane.api.crd import custom_resource_definition, render
+from modelplane.api.reference import render_reference
+from modelplane.api.rules import Rule
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 from prometheus_client import generate_latest
 
-from modelplane.operator.api.v1alpha1 import AutoscalingSpec
-from modelplane.operator.autoscaler.decide import Decision, Inputs, Sample, Settings, State, decide
-from modelplane.operator.autoscaler.metrics import (
+from modelplane.api.v1alpha1 import AutoscalingSpec
+from modelplane.autoscaling.decide import Decision, Inputs, Sample, Settings, State, decide
+from modelplane.autoscaling.load import (
     ConcurrencyAverager,
     Scrape,
     parse_router_metrics,

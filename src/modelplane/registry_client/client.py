@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel
 
-from modelplane.serving.registry import schemas
+from modelplane.registry_client import schemas
 
 ProgressFn = Callable[[int], None]
 M = TypeVar("M", bound=BaseModel)

@@ -6,7 +6,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
-from modelplane.operator.modelconfig import SignatureError, Tensor, model_config
+from modelplane.resolution.modelconfig import SignatureError, Tensor, model_config
 
 INPUTS = [Tensor("INPUT__0", "FP32", (-1, 64))]
 OUTPUTS = [Tensor("OUTPUT__0", "FP32", (-1, 10))]

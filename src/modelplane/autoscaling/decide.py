@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from modelplane.operator.api.v1alpha1 import AutoscalingSpec
+from modelplane.api.v1alpha1 import AutoscalingSpec
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,0 @@
-"""The ModelDeployment API: pydantic types (the source of the CRD) and the CRD generator."""
