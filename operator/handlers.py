@@ -45,25 +45,31 @@ def cleanup_delay(retry: int) -> float:
 
 
 class Coalescer:
-    """One reconcile at a time per key; triggers during a run cause exactly one more run."""
+    """One reconcile at a time per key; triggers during a run cause exactly one more run.
+
+    Each trigger takes a number. A run covers every trigger numbered before it started, so the
+    triggers that queued behind a run share the one run that starts next, and return its outcome.
+    A failed run covers nothing: the next trigger in line runs again.
+    """
 
     def __init__(self, run: Callable[[str, str], Awaitable[Outcome]]) -> None:
         self._run = run
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._dirty: set[tuple[str, str]] = set()
+        self._triggers: dict[tuple[str, str], int] = {}
+        self._covered: dict[tuple[str, str], tuple[int, Outcome]] = {}
         self._scheduled: set[tuple[str, str]] = set()
 
     async def reconcile(self, namespace: str, name: str) -> Outcome:
         key = (namespace, name)
+        ticket = self._triggers[key] = self._triggers.get(key, 0) + 1
         lock = self._locks.setdefault(key, asyncio.Lock())
-        if lock.locked():
-            self._dirty.add(key)
         async with lock:
-            self._dirty.discard(key)
+            covered = self._covered.get(key)
+            if covered is not None and covered[0] >= ticket:
+                return covered[1]  # a run that started after this trigger arrived served it
+            starting = self._triggers[key]
             outcome = await self._timed(namespace, name)
-            while key in self._dirty:
-                self._dirty.discard(key)
-                outcome = await self._timed(namespace, name)
+            self._covered[key] = (starting, outcome)
             return outcome
 
     def poke(self, namespace: str, name: str, delay: float = 0.3) -> None:

@@ -87,7 +87,43 @@ async def test_a_trigger_during_a_run_is_never_lost() -> None:
     release.set()
     await asyncio.gather(first, second)
 
-    assert len(run.runs) >= 2  # a run started after the trigger arrived
+    assert len(run.runs) == 2  # a run started after the trigger arrived
+
+
+async def test_triggers_during_a_run_fold_into_exactly_one_more_run() -> None:
+    run = FakeRun()
+    coalescer = Coalescer(run)
+    release = run.hold(("ns", "a"))
+    first = asyncio.create_task(coalescer.reconcile("ns", "a"))
+    await run.started[("ns", "a")].wait()
+
+    more = [asyncio.create_task(coalescer.reconcile("ns", "a")) for _ in range(3)]
+    await settle()
+    release.set()
+    outcomes = await asyncio.gather(first, *more)
+
+    assert len(run.runs) == 2
+    assert outcomes[1] is outcomes[2] is outcomes[3]  # the three share the one run after the first
+    assert outcomes[0] is not outcomes[1]
+
+
+async def test_a_failed_run_serves_nobody_and_the_next_trigger_runs_again() -> None:
+    run = FakeRun()
+    run.failures = [KubeError(503, "unavailable")]
+    coalescer = Coalescer(run)
+    release = run.hold(("ns", "a"))
+    first = asyncio.create_task(coalescer.reconcile("ns", "a"))
+    await run.started[("ns", "a")].wait()
+    second = asyncio.create_task(coalescer.reconcile("ns", "a"))
+    await settle()
+    release.set()
+
+    with pytest.raises(KubeError):
+        await first
+    await second
+    assert len(run.runs) == 2
+    await coalescer.reconcile("ns", "a")  # after the last run covered it, a new trigger runs anew
+    assert len(run.runs) == 3
 
 
 async def test_different_model_deployments_reconcile_concurrently() -> None:
