@@ -21,6 +21,7 @@ from modelplane.resolution.resolver import ServedVersion
 Manifest = dict[str, Any]
 
 FIELD_MANAGER = "modelplane-operator"
+ARTIFACT_TOKEN_SECRET = "modelplane-artifact-token"  # noqa: S105 (a Secret's name)
 
 HTTP_PORT = 8000
 GRPC_PORT = 8001
@@ -34,7 +35,9 @@ class OperatorSettings:
 
     runtime_image: str = f"ghcr.io/modelplane/runtime:{__version__}"
     triton_image: str = "nvcr.io/nvidia/tritonserver:24.08-py3"
-    artifact_token_secret: str | None = None  # Secret with key `token`, mounted for registry downloads
+    #: Secret (key ``token``) in each model namespace that serving pods download artifacts with;
+    #: None: no token (a registry that lets anyone read). The chart's default too.
+    artifact_token_secret: str | None = ARTIFACT_TOKEN_SECRET
     drain_seconds: int = 30  # how long in-flight requests may take once a pod refuses new ones
     #: After SIGTERM a serving pod reports not ready but keeps answering this long, so requests
     #: sent on stale endpoints during a rollout or scale-down still succeed.
@@ -190,6 +193,9 @@ def runtime_containers(
         "env": env,
         "volumeMounts": mounts,
         "securityContext": RESTRICTED_CONTAINER_SECURITY,
+        # A failed download leaves its last log lines as the termination message, which the
+        # ModelDeployment's conditions quote (the kubelet keeps at most 80 lines / 2 KiB).
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     args = [
         "--model-repository",
@@ -225,6 +231,7 @@ def runtime_containers(
         "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
         "volumeMounts": mounts,
         "securityContext": RESTRICTED_CONTAINER_SECURITY,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     return [init], [container]
 
@@ -317,7 +324,7 @@ def deployment(
             "selector": {"matchLabels": selector},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "revisionHistoryLimit": 3,
-            "progressDeadlineSeconds": 600,
+            "progressDeadlineSeconds": spec.progress_deadline_seconds,
             "template": {
                 "metadata": {
                     "labels": labels,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import kopf
 from prometheus_client import start_http_server
 
-from modelplane.kube import KubeApi, load_connection
+from modelplane.kube import KubeApi, KubeClient, KubeError, load_connection
 from modelplane.operator.autoscaler.scrape import LoadCache
 from modelplane.operator.children import FIELD_MANAGER, OperatorSettings
 from modelplane.operator.handlers import CLEANUP_TIMEOUT_SECONDS, register
@@ -38,6 +38,33 @@ class RunOptions:
     router_metrics_urls: tuple[str, ...] = ()  # the routers' /metrics: the autoscaler's signal
     settings: OperatorSettings = field(default_factory=OperatorSettings)
     registry_cleanup_timeout_s: float = CLEANUP_TIMEOUT_SECONDS
+
+
+PEERING_MANIFEST = "deploy/operator/peering.yaml"
+
+
+class StartupError(RuntimeError):
+    """The operator cannot start as configured; the message says what to do."""
+
+
+async def check_peering(kube: KubeClient, name: str) -> None:
+    """Fail at once when the peering resource is missing: with mandatory peering, kopf would wait
+    for it without a word (and falling back to standalone would let two replicas work at once)."""
+    try:
+        found = await kube.get("kopf.dev/v1", "ClusterKopfPeering", None, name)
+    except KubeError as exc:
+        if exc.status == 403:
+            raise StartupError(
+                f"the operator may not read ClusterKopfPeering {name!r} ({exc}): "
+                "apply its RBAC, deploy/operator/rbac.yaml"
+            ) from exc
+        raise
+    if found is None:
+        raise StartupError(
+            f"the peering resource ClusterKopfPeering {name!r} does not exist, and the operator's "
+            f"replicas coordinate through it: create it with `kubectl apply -f {PEERING_MANIFEST}` "
+            "(once per cluster; the Helm chart creates it), or run a single replica with --standalone"
+        )
 
 
 def _configure_kopf(settings: kopf.OperatorSettings, options: RunOptions) -> None:
@@ -72,6 +99,12 @@ async def run(
     if options.metrics_port is not None:
         start_http_server(options.metrics_port, addr=options.health_host)
     kube = KubeApi(load_connection(), field_manager=FIELD_MANAGER)
+    if options.peering is not None:
+        try:
+            await check_peering(kube, options.peering)
+        except BaseException:
+            await kube.close()
+            raise
     registry = kopf.OperatorRegistry()
     loads = LoadCache(list(options.router_metrics_urls)) if options.router_metrics_urls else None
     reconciler = Reconciler(kube, resolver, options.settings, records)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -30,6 +31,7 @@ from modelplane.operator.children import (
 from modelplane.operator.events import post_event
 from modelplane.operator.records import Record, RecordError, Records, plan_records, recorded_in
 from modelplane.operator.status.conditions import merge_conditions, now_rfc3339, transitions
+from modelplane.operator.status.pods import pod_problems, summarize
 from modelplane.operator.status.readiness import (
     Observation,
     ResolutionFailure,
@@ -330,6 +332,7 @@ class Reconciler:
             resolution_failure=failure,
             workload=_workload_state(live_stable),
             unschedulable=unschedulable_messages(pods),
+            pod_problem=summarize(pod_problems(pods, datetime.now(UTC))),
         )
 
     async def _sync_records(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from modelplane.api.v1alpha1 import Condition
+from modelplane.operator.status.pods import PodProblem
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class Observation:
     workload: WorkloadState | None = None
     # FailedScheduling messages of this deployment's pending pods, newest first.
     unschedulable: list[str] = field(default_factory=list)
+    # What is most wrong with the serving pods (crash loops, failed downloads, ...), if anything.
+    pod_problem: PodProblem | None = None
 
 
 GPU_RESOURCE_MARKERS = ("nvidia.com/gpu", "nvidia.com/mig-")
@@ -111,6 +114,9 @@ def available(obs: Observation) -> Condition:
             "Available", True, "ScaledToZero", "scaled to zero; the next request activates it", obs.generation
         )
     if workload is None or workload.available_replicas == 0:
+        if obs.pod_problem is not None:
+            problem = obs.pod_problem
+            return _condition("Available", False, problem.reason, problem.message, obs.generation)
         return _condition(
             "Available", False, "NoReadyReplicas", "no serving replica is ready", obs.generation
         )
@@ -118,10 +124,13 @@ def available(obs: Observation) -> Condition:
     return _condition("Available", True, "MinimumReplicasAvailable", message, obs.generation)
 
 
-def ready(parts: list[Condition], generation: int) -> Condition:
-    """Ready when every other condition is healthy; otherwise the first unhealthy one says why."""
+def ready(parts: list[Condition], generation: int, pod_problem: PodProblem | None = None) -> Condition:
+    """Ready when every other condition is healthy and no serving pod is in trouble; otherwise the
+    first unhealthy one says why (a pod's trouble right after the model and the scheduling)."""
     healthy = {"ModelResolved": "True", "Scheduled": "True", "Available": "True"}
     for condition in parts:
+        if condition.type == "Progressing" and pod_problem is not None:
+            return _condition("Ready", False, pod_problem.reason, pod_problem.message, generation)
         if condition.type in healthy and condition.status != healthy[condition.type]:
             return _condition("Ready", False, condition.reason, condition.message, generation)
         if condition.type == "Progressing" and condition.status == "True":
@@ -134,4 +143,4 @@ def ready(parts: list[Condition], generation: int) -> Condition:
 def decide_conditions(obs: Observation) -> list[Condition]:
     """All five conditions for one observation, in display order."""
     parts = [model_resolved(obs), scheduled(obs), progressing(obs), available(obs)]
-    return [*parts, ready(parts, obs.generation)]
+    return [*parts, ready(parts, obs.generation, obs.pod_problem)]

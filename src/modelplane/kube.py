@@ -31,6 +31,7 @@ RESOURCES: dict[tuple[str, str], tuple[str, str]] = {
     ("autoscaling/v2", "HorizontalPodAutoscaler"): ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
     ("modelplane.io/v1alpha1", "ModelDeployment"): ("/apis/modelplane.io/v1alpha1", "modeldeployments"),
     ("discovery.k8s.io/v1", "EndpointSlice"): ("/apis/discovery.k8s.io/v1", "endpointslices"),
+    ("kopf.dev/v1", "ClusterKopfPeering"): ("/apis/kopf.dev/v1", "clusterkopfpeerings"),
 }
 
 
@@ -101,7 +102,7 @@ class KubeClient(Protocol):
 
     field_manager: str
 
-    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> Manifest | None: ...
+    async def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> Manifest | None: ...
 
     async def list_objects(
         self, api_version: str, kind: str, namespace: str, label_selector: str
@@ -157,7 +158,7 @@ class KubeApi:
         result: Manifest = response.json() if response.content else {}
         return result
 
-    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> Manifest | None:
+    async def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> Manifest | None:
         try:
             return await self._request("GET", resource_path(api_version, kind, namespace, name))
         except KubeError as exc:

@@ -69,3 +69,16 @@ def test_schema_closes_the_chart_groups_and_leaves_kubernetes_shapes_open() -> N
 def test_descriptions_follow_nesting() -> None:
     text = "a:\n  # -- first\n  b: 1\n  c:\n    # -- deep\n    d: x\n# -- top\ne: []\n"
     assert chart.descriptions(text) == {"a.b": "first", "a.c.d": "deep", "e": "top"}
+
+
+def test_the_operator_command_and_the_chart_default_to_the_same_artifact_secret() -> None:
+    # A user following the README by hand gets what the chart installs: one Secret name.
+    import inspect
+
+    from modelplane.cli.operator_command import operator
+    from modelplane.operator.children import ARTIFACT_TOKEN_SECRET, OperatorSettings
+
+    values = yaml.safe_load((chart.CHART / "values.yaml").read_text())
+    default = inspect.signature(operator).parameters["artifact_token_secret"].default
+    assert values["operator"]["artifactTokenSecret"] == ARTIFACT_TOKEN_SECRET == default
+    assert OperatorSettings().artifact_token_secret == ARTIFACT_TOKEN_SECRET

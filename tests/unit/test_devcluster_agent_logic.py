@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import os
+from pathlib import Path
 
 import pytest
 
-from modelplane.devcluster.agent import backoff, downward, gpus, ipam, logs, probes
+from modelplane.devcluster.agent import backoff, downward, gpus, ipam, logs, pods, probes
 
 
 def test_pod_ips_are_unique_loopback_addresses_never_the_hosts() -> None:
@@ -134,8 +135,11 @@ def test_config_map_and_secret_refs_and_missing_keys() -> None:
         "name": "main",
         "env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "x"}}}],
     }
-    with pytest.raises(downward.EnvError, match="key 'x'"):
+    with pytest.raises(downward.EnvError, match="couldn't find key x in secret sec"):
         downward.build_env(broken, POD, "", "", {}, {"sec": {}}, {})
+    # A missing Secret is reported in the kubelet's words, which the operator recognizes.
+    with pytest.raises(downward.EnvError, match=r'^secret "sec" not found$'):
+        downward.build_env(broken, POD, "", "", {}, {}, {})
     assert downward.referenced_objects({"spec": {"containers": [container]}}) == ({"cfg"}, {"sec"})
 
 
@@ -223,3 +227,30 @@ def test_log_tail_keeps_the_last_lines() -> None:
     assert logs.tail(data, 2) == b"b\nc\n"
     assert logs.tail(data, 10) == data
     assert logs.tail(data, 0) == b""
+
+
+def test_a_failed_containers_message_is_the_end_of_its_log_as_the_kubelet_keeps_it(tmp_path: Path) -> None:
+    log = tmp_path / "runtime.log"
+    log.write_bytes(b"".join(f"line {i}\n".encode() for i in range(1000)))
+    message = pods.log_tail(log)
+    assert message.endswith("line 999")
+    assert len(message.encode()) <= pods.TERMINATION_LOG_BYTES
+    assert len(message.splitlines()) <= pods.TERMINATION_LOG_LINES
+    assert pods.log_tail(tmp_path / "missing.log") == ""
+
+
+@pytest.mark.parametrize(
+    ("image", "refused"),
+    [
+        ("registry.invalid/modelplane/runtime:1", True),
+        ("registry.invalid:5000/runtime", True),
+        ("ghcr.io/modelplane/runtime:0.1.0", False),
+        ("runtime.invalid", False),  # no registry host: a Docker Hub name
+        ("", False),
+    ],
+)
+def test_only_images_from_unresolvable_registries_fail_to_pull(image: str, refused: bool) -> None:
+    refusal = pods.pull_refusal({"image": image})
+    assert (refusal is not None) is refused
+    if refusal is not None:
+        assert image in refusal

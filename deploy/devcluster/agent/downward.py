@@ -137,8 +137,10 @@ def _lookup(
     if data is None or key not in data:
         if optional:
             return None
-        missing = f"{kind} {name!r}" if data is None else f"key {key!r} in {kind} {name!r}"
-        raise EnvError(f"{missing} not found")
+        # The kubelet's wording, which the operator recognizes.
+        if data is None:
+            raise EnvError(f'{kind} "{name}" not found')
+        raise EnvError(f"couldn't find key {key} in {kind} {name}")
     value = data[key]
     return base64.b64decode(value).decode() if secret else value
 
@@ -173,7 +175,7 @@ def build_env(
         if data is None:
             if ref.get("optional"):
                 continue
-            raise EnvError(f"envFrom {'secret' if secret else 'config map'} {ref.get('name')!r} not found")
+            raise EnvError(f'{"secret" if secret else "configmap"} "{ref.get("name")}" not found')
         for key, raw in data.items():
             env[prefix + key] = base64.b64decode(raw).decode() if secret else raw
     for item in container.get("env") or []:
@@ -190,7 +192,7 @@ def build_env(
                 source["resourceFieldRef"], containers, container["name"], node_allocatable
             )
         elif "configMapKeyRef" in source:
-            value = _lookup(source["configMapKeyRef"], config_maps, "config map", secret=False)
+            value = _lookup(source["configMapKeyRef"], config_maps, "configmap", secret=False)
         elif "secretKeyRef" in source:
             value = _lookup(source["secretKeyRef"], secrets, "secret", secret=True)
         else:

@@ -40,6 +40,7 @@ import os
 import re
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,6 +63,35 @@ def env_name(volume: str) -> str:
     return "MODELPLANE_VOLUME_" + re.sub(r"[^A-Za-z0-9]", "_", volume).upper()
 
 
+#: The kubelet keeps at most this much of a failed container's log as its termination message.
+TERMINATION_LOG_LINES = 80
+TERMINATION_LOG_BYTES = 2048
+
+
+def log_tail(path: Path) -> str:
+    """The end of a container's log, as ``terminationMessagePolicy: FallbackToLogsOnError`` keeps it."""
+    try:
+        with path.open("rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - TERMINATION_LOG_BYTES))
+            data = log.read()
+    except OSError:
+        return ""
+    lines = data.decode(errors="replace").splitlines()[-TERMINATION_LOG_LINES:]
+    return "\n".join(lines)
+
+
+def pull_refusal(spec: Mapping[str, Any]) -> str | None:
+    """Why the image cannot be "pulled": the agent runs commands and pulls nothing, but an image
+    from a registry under the reserved top-level domain ``.invalid`` (RFC 2606) could never be
+    pulled by a kubelet either, so it fails the same way (how tests produce ImagePullBackOff)."""
+    image = str(spec.get("image") or "")
+    host = image.split("/", 1)[0] if "/" in image else ""
+    if host.split(":", 1)[0].endswith(".invalid"):
+        return f'Back-off pulling image "{image}": registry {host} cannot be resolved'
+    return None
+
+
 @dataclass
 class Container:
     """Runtime state of one container (regular or init)."""
@@ -82,6 +112,7 @@ class Container:
     startup: probes.ProbeTracker | None = None
     done: bool = False
     env: dict[str, str] = field(default_factory=dict)
+    pull_failures: int = 0
 
     @property
     def name(self) -> str:
@@ -266,6 +297,13 @@ class PodWorker:
         return argv
 
     async def _start(self, c: Container) -> None:
+        if (refusal := pull_refusal(c.spec)) is not None:
+            # As the kubelet does: the first failure is ErrImagePull, later ones back off.
+            reason = "ImagePullBackOff" if c.pull_failures else "ErrImagePull"
+            c.pull_failures += 1
+            c.state = {"waiting": {"reason": reason, "message": refusal}}
+            c.restart_at = time.monotonic() + backoff.Backoff().delay(min(c.pull_failures, 5))
+            return
         try:
             c.env = await self._build_env(c)
             argv = self._argv(c)
@@ -351,6 +389,8 @@ class PodWorker:
             "startedAt": started,
             "finishedAt": now_rfc3339(),
         }
+        if exit_code != 0 and c.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+            terminated["message"] = log_tail(self.directory / "logs" / f"{c.name}.log")
         ran_for = time.monotonic() - c.started_mono
         c.proc = None
         c.kill_at = None

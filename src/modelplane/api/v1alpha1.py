@@ -336,6 +336,14 @@ class ModelDeploymentSpec(ApiModel):
         "has a value). With autoscaling `builtin` or `hpa` the autoscaler writes it and it is kept within "
         "`minReplicas`..`maxReplicas`; with `none` it is the replica count (`kubectl scale` sets it).",
     )
+    progress_deadline_seconds: int = Field(
+        default=600,
+        ge=10,
+        le=86400,
+        description="Seconds a rollout or scale-up may go without progress (pods becoming ready) before "
+        "`Progressing` turns False with reason `ProgressDeadlineExceeded` (the Deployments' "
+        "`progressDeadlineSeconds`). Allow for downloading and loading the model.",
+    )
 
 
 ConditionType = Literal["ModelResolved", "Scheduled", "Available", "Progressing", "Ready"]

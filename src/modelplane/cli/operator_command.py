@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from modelplane.operator.children import ARTIFACT_TOKEN_SECRET
+
 
 def operator(
     registry_url: Annotated[
@@ -28,9 +30,15 @@ def operator(
         typer.Option("--artifact-base-url", help="Registry URL as pods reach it (default: --registry-url)."),
     ] = None,
     artifact_token_secret: Annotated[
-        str | None,
-        typer.Option("--artifact-token-secret", help="Secret (key `token`) pods use to download artifacts."),
-    ] = None,
+        str,
+        typer.Option(
+            "--artifact-token-secret",
+            help="Secret (key `token`) in each model namespace that serving pods download artifacts "
+            "with: create it with a registry token that has the read scope (`kubectl create secret "
+            "generic modelplane-artifact-token -n NAMESPACE --from-literal=token=TOKEN`). The Helm "
+            "chart's default too; '' for a registry that needs no token.",
+        ),
+    ] = ARTIFACT_TOKEN_SECRET,
     runtime_image: Annotated[
         str | None, typer.Option("--runtime-image", help="Default runtime image.")
     ] = None,
@@ -69,6 +77,14 @@ def operator(
     standalone: Annotated[
         bool, typer.Option("--standalone", help="No peering: only for a single replica (development).")
     ] = False,
+    peering: Annotated[
+        str,
+        typer.Option(
+            "--peering",
+            help="The ClusterKopfPeering the replicas coordinate through; it must exist "
+            "(`kubectl apply -f deploy/operator/peering.yaml` creates `modelplane`).",
+        ),
+    ] = "modelplane",
     host: Annotated[
         str,
         typer.Option(
@@ -99,7 +115,7 @@ def operator(
 ) -> None:
     """Reconcile ModelDeployments into serving pods, report their status, and scale them with load."""
     from modelplane.operator.children import OperatorSettings
-    from modelplane.operator.main import RunOptions, run_forever
+    from modelplane.operator.main import RunOptions, StartupError, run_forever
     from modelplane.operator.registry_records import RegistryRecords
     from modelplane.resolution.registry import RegistryResolver
 
@@ -111,7 +127,7 @@ def operator(
             raise typer.BadParameter(f"cannot read {registry_token_file}: {exc}") from exc
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = OperatorSettings(
-        artifact_token_secret=artifact_token_secret,
+        artifact_token_secret=artifact_token_secret or None,
         drain_seconds=drain_seconds,
         drain_delay_seconds=drain_delay_seconds,
     )
@@ -119,7 +135,7 @@ def operator(
         settings = dataclasses.replace(settings, runtime_image=runtime_image)
     options = RunOptions(
         namespaces=tuple(namespace or ()),
-        peering=None if standalone else "modelplane",
+        peering=None if standalone else peering,
         health_host=host,
         peering_lifetime_s=peering_lifetime,
         registry_cleanup_timeout_s=registry_cleanup_timeout,
@@ -132,4 +148,8 @@ def operator(
         options = dataclasses.replace(options, peering_priority=peering_priority)
     resolver = RegistryResolver(base_url=registry_url, token=token, artifact_base_url=artifact_base_url)
     records = RegistryRecords(base_url=registry_url, token=token) if registry_records else None
-    run_forever(options, resolver, records)
+    try:
+        run_forever(options, resolver, records)
+    except StartupError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None

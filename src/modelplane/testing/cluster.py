@@ -192,24 +192,42 @@ def cluster(cluster_session: Cluster) -> Cluster:
 
 
 @pytest.fixture
-def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace, deleted after the test; its ``default`` service account exists already."""
+def namespace_factory(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[Callable[[str], str]]:
+    """Makes fresh namespaces (``factory(suffix)``), deleted after the test; on failure their logs
+    are printed. Each one's ``default`` service account exists already."""
     base = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
-    name = f"{base}-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", name)
-    wait_for(
-        f"service account default in {name}",
-        lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
-        timeout=30,
-    )
+    made: list[str] = []
+
+    def make(suffix: str = "") -> str:
+        name = f"{base[: 40 - len(suffix)]}{suffix}-{uuid.uuid4().hex[:6]}".replace("--", "-")
+        cluster.kubectl("create", "namespace", name)
+        made.append(name)
+        wait_for(
+            f"service account default in {name}",
+            lambda: (
+                cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0
+            ),
+            timeout=30,
+        )
+        return name
+
     try:
-        yield name
+        yield make
     finally:
         failed = any(
             getattr(getattr(request.node, f"_modelplane_report_{when}", None), "failed", False)
             for when in ("setup", "call")
         )
-        if failed and cluster.local:
-            print(f"\n===== logs for failed test {request.node.name} =====", file=sys.stderr)
-            print(cluster.log_tails(name), file=sys.stderr)
-        cluster.kubectl("delete", "namespace", name, "--wait=true", "--timeout=90s", check=False, timeout=120)
+        for name in made:
+            if failed and cluster.local:
+                print(f"\n===== logs for failed test {request.node.name} in {name} =====", file=sys.stderr)
+                print(cluster.log_tails(name), file=sys.stderr)
+            cluster.kubectl(
+                "delete", "namespace", name, "--wait=true", "--timeout=90s", check=False, timeout=120
+            )
+
+
+@pytest.fixture
+def namespace(namespace_factory: Callable[[str], str]) -> str:
+    """A fresh namespace, deleted after the test; its ``default`` service account exists already."""
+    return namespace_factory("")

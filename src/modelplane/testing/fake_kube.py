@@ -121,9 +121,9 @@ class FakeKube:
 
     # -- the KubeClient protocol --------------------------------------------------------------
 
-    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> Manifest | None:
+    async def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> Manifest | None:
         self._call("get", api_version, kind)
-        return self.stored(api_version, kind, namespace, name)
+        return self.stored(api_version, kind, namespace or "", name)
 
     async def list_objects(
         self, api_version: str, kind: str, namespace: str, label_selector: str
