@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
+
+from modelplane.cli.registry_target import DEFAULT_DATA_DIR, DEFAULT_URL
 
 app = typer.Typer(name="registry", help="The model registry: serve it, or use it.", no_args_is_help=True)
 models_app = typer.Typer(help="Registered models.", no_args_is_help=True)
@@ -23,29 +27,98 @@ app.add_typer(aliases_app, name="aliases")
 app.add_typer(tokens_app, name="tokens")
 console = Console()
 err_console = Console(stderr=True)
+T = TypeVar("T")
 
-UrlOpt = Annotated[str, typer.Option("--url", envvar="MODELPLANE_REGISTRY_URL", help="Registry base URL.")]
+UrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        "--registry-url",
+        envvar="MODELPLANE_REGISTRY_URL",
+        help="Registry base URL (default: the registry of the `modelplane up` running on --data-dir, "
+        f"else {DEFAULT_URL}).",
+        show_default=False,
+    ),
+]
 TokenOpt = Annotated[
     str | None,
-    typer.Option("--token", envvar="MODELPLANE_REGISTRY_TOKEN", help="API token.", show_default=False),
+    typer.Option(
+        "--token",
+        envvar="MODELPLANE_REGISTRY_TOKEN",
+        help="API token (default: the local stack's admin token when its registry is used).",
+        show_default=False,
+    ),
 ]
-DEFAULT_URL = "http://127.0.0.1:8080"
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        envvar="MODELPLANE_DATA_DIR",
+        help="Use the registry and token of the `modelplane up` running on this data directory "
+        f"(default: {DEFAULT_DATA_DIR} when a stack runs there). --url wins.",
+        file_okay=False,
+        show_default=False,
+    ),
+]
 
 
-def _client(url: str, token: str | None) -> Any:
-    from modelplane.registry_client.client import RegistryClient
+def _fail(message: str) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=1)
 
-    return RegistryClient(url, token)
+
+class _Registry:
+    """A client of the chosen registry; ``run`` turns every failure into one line naming its URL."""
+
+    def __init__(self, url: str | None, token: str | None, data_dir: Path | None) -> None:
+        import httpx
+
+        from modelplane.cli.registry_target import TargetError, choose
+        from modelplane.registry_client.client import RegistryClient
+
+        try:
+            self.target = choose(url, token, data_dir)
+            self.client = RegistryClient(self.target.url, self.target.token)
+        except TargetError as exc:
+            raise _fail(str(exc)) from None
+        except httpx.InvalidURL as exc:
+            raise _fail(
+                f"{self.target.url} is not a registry URL ({exc}): pass --url http://HOST:PORT"
+            ) from None
+
+    def __enter__(self) -> _Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close()
+
+    def run(self, fn: Callable[[], T]) -> T:
+        import httpx
+        from pydantic import ValidationError
+
+        from modelplane.cli import registry_target as rt
+        from modelplane.registry_client.client import RegistryClientError
+
+        try:
+            return fn()
+        except RegistryClientError as exc:
+            if not rt.looks_like_problem(exc.problem) and not rt.answers_like_registry(self.target.url):
+                raise _fail(rt.not_a_registry_message(self.target, f"HTTP {exc.status}")) from None
+            if rt.is_unknown_route(exc.status, exc.problem):
+                raise _fail(rt.unknown_route_message(self.target, exc.problem)) from None
+            raise _fail(str(exc)) from None
+        except httpx.HTTPError as exc:
+            raise _fail(rt.unreachable_message(self.target, exc)) from None
+        except (ValidationError, ValueError, KeyError, TypeError) as exc:
+            # A 2xx answer that is not the registry's JSON; anything else is a bug to show in full.
+            if rt.answers_like_registry(self.target.url):
+                raise
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            raise _fail(rt.not_a_registry_message(self.target, f"with something else ({first})")) from None
 
 
-def _run(fn: Any) -> Any:
-    from modelplane.registry_client.client import RegistryClientError
-
-    try:
-        return fn()
-    except RegistryClientError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(code=1) from None
+def _connect(url: str | None, token: str | None, data_dir: Path | None) -> _Registry:
+    return _Registry(url, token, data_dir)
 
 
 def _print_json(value: Any) -> None:
@@ -116,38 +189,40 @@ def models_create(
     name: str,
     description: Annotated[str, typer.Option()] = "",
     tag: Annotated[list[str] | None, typer.Option(help="key=value; repeatable")] = None,
-    url: UrlOpt = DEFAULT_URL,
+    url: UrlOpt = None,
     token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
 ) -> None:
     tags = dict(t.split("=", 1) for t in tag or [] if "=" in t)
-    with _client(url, token) as c:
-        _print_json(_run(lambda: c.create_model(name, description, tags)))
+    with _connect(url, token, data_dir) as reg:
+        _print_json(reg.run(lambda: reg.client.create_model(name, description, tags)))
 
 
 @models_app.command("list")
 def models_list(
     name_prefix: Annotated[str | None, typer.Option()] = None,
-    url: UrlOpt = DEFAULT_URL,
+    url: UrlOpt = None,
     token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
 ) -> None:
     table = Table("name", "latest", "aliases", "description")
-    with _client(url, token) as c:
-        for m in _run(lambda: list(c.list_models(name_prefix=name_prefix))):
+    with _connect(url, token, data_dir) as reg:
+        for m in reg.run(lambda: list(reg.client.list_models(name_prefix=name_prefix))):
             aliases = ", ".join(f"{k}→{v}" for k, v in m.aliases.items())
             table.add_row(m.name, str(m.latest_version), aliases, m.description[:60])
     console.print(table)
 
 
 @models_app.command("get")
-def models_get(name: str, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
-    with _client(url, token) as c:
-        _print_json(_run(lambda: c.get_model(name)))
+def models_get(name: str, url: UrlOpt = None, token: TokenOpt = None, data_dir: DataDirOpt = None) -> None:
+    with _connect(url, token, data_dir) as reg:
+        _print_json(reg.run(lambda: reg.client.get_model(name)))
 
 
 @models_app.command("delete")
-def models_delete(name: str, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
-    with _client(url, token) as c:
-        _run(lambda: c.delete_model(name))
+def models_delete(name: str, url: UrlOpt = None, token: TokenOpt = None, data_dir: DataDirOpt = None) -> None:
+    with _connect(url, token, data_dir) as reg:
+        reg.run(lambda: reg.client.delete_model(name))
     console.print(f"deleted model {name}")
 
 
@@ -160,19 +235,102 @@ def versions_create(
     description: Annotated[str, typer.Option()] = "",
     source: Annotated[str | None, typer.Option(help="s3://, gs://, https://, runs:/ ...")] = None,
     framework: Annotated[str | None, typer.Option()] = None,
-    artifact: Annotated[Path | None, typer.Option(help="Upload this file as the artifact.")] = None,
-    url: UrlOpt = DEFAULT_URL,
+    artifact: Annotated[
+        Path | None,
+        typer.Option(
+            help="Upload this file as the artifact (.pt TorchScript, .pt2 torch.export program, .pth).",
+            exists=True,
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    signature: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE|JSON",
+            help="The tensors the model takes and returns: a JSON or YAML file, or inline JSON "
+            '{"inputs": [{"name": "INPUT__0", "datatype": "FP32", "shape": [-1, 4]}], "outputs": [...]} '
+            "(-1: dynamic, first: the batch). Read from a .pt2 artifact when not given. "
+            "The operator serves only versions with one.",
+            show_default=False,
+        ),
+    ] = None,
+    url: UrlOpt = None,
     token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
 ) -> None:
-    """Create the next version (and upload its artifact when --artifact is given)."""
-    with _client(url, token) as c:
-        v = _run(lambda: c.create_version(name, description=description, source=source, framework=framework))
+    """Create the next version (and upload its artifact when --artifact is given).
+
+    The version's signature comes from --signature, or from a .pt2 artifact (a torch.export program
+    records its tensors); it cannot be changed later, and the operator serves only versions with one.
+    """
+    from modelplane.cli import signatures
+
+    try:
+        sig = signatures.parse_signature(signature) if signature is not None else None
+        if sig is None and artifact is not None:
+            sig = signatures.infer_signature(artifact)
+        if sig is not None:
+            signatures.check_servable(sig)
+    except signatures.SignatureError as exc:
+        hint = (
+            ""
+            if signature is not None
+            else f"; or give it with --signature FILE|JSON, such as '{signatures.EXAMPLE}'"
+        )
+        raise _fail(f"{exc}{hint} (no version was created)") from None
+    with _connect(url, token, data_dir) as reg:
+        v = reg.run(
+            lambda: reg.client.create_version(
+                name, description=description, source=source, framework=framework, signature=sig
+            )
+        )
         if artifact is not None:
-            v = _upload(c, name, v.version, artifact)
+            v = _upload(reg, name, v.version, artifact)
         _print_json(v)
+    if artifact is not None and artifact.suffix == ".pth":
+        _warn(
+            f"{artifact.name} is a state_dict, which the runtime builds into a model only with a "
+            "module_class configuration parameter that a registry version does not carry: to serve the "
+            "model, save it with torch.export (.pt2) or as TorchScript (.pt, with --signature)"
+        )
+    elif sig is None:
+        _warn(_unservable_warning(name, v.version, artifact))
+    elif signature is None and not signatures.batched(sig):
+        shapes = ", ".join(f"{t.name} {t.shape}" for t in sig.inputs + sig.outputs)
+        _warn(
+            f"not every tensor of {artifact} starts with a dynamic batch dimension ({shapes}), so "
+            f"version {v.version} answers each request on its own, with exactly these shapes; to batch "
+            'requests, export with dynamic_shapes marking the first dimension torch.export.Dim("batch")'
+        )
 
 
-def _upload(c: Any, name: str, version: int, path: Path) -> Any:
+def _warn(message: str) -> None:
+    err_console.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _unservable_warning(name: str, version: int, artifact: Path | None) -> str:
+    import shlex
+
+    from modelplane.cli import signatures
+
+    why = (
+        "a TorchScript file does not record its tensors' names, datatypes and shapes"
+        if artifact is not None and artifact.suffix == ".pt"
+        else "it was created without --signature"
+    )
+    again = f" --artifact {shlex.quote(str(artifact))}" if artifact is not None else ""
+    return (
+        f"{name} version {version} has no signature, so the operator will not serve it: {why}. "
+        "A version's signature cannot be set after it is created; register a new version with one:\n"
+        f"  modelplane registry versions create {name}{again} --signature '{signatures.EXAMPLE}'\n"
+        "with your model's tensors (-1 marks a dynamic dimension, the batch first; --signature also "
+        "takes a JSON or YAML file), or save the model with torch.export as a .pt2, whose signature "
+        "is read from the file."
+    )
+
+
+def _upload(reg: _Registry, name: str, version: int, path: Path) -> Any:
     columns = (
         "[progress.description]{task.description}",
         BarColumn(),
@@ -181,27 +339,39 @@ def _upload(c: Any, name: str, version: int, path: Path) -> Any:
     )
     with Progress(*columns, console=err_console) as progress:
         task = progress.add_task(f"upload {path.name}", total=path.stat().st_size)
-        return _run(
-            lambda: c.upload_artifact(name, version, path, progress=lambda n: progress.advance(task, n))
+        return reg.run(
+            lambda: reg.client.upload_artifact(
+                name, version, path, progress=lambda n: progress.advance(task, n)
+            )
         )
 
 
 @versions_app.command("upload")
 def versions_upload(
-    name: str, version: int, path: Path, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None
+    name: str,
+    version: int,
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
 ) -> None:
     """Upload a version's artifact (sha256 computed here and checked by the registry)."""
-    with _client(url, token) as c:
-        _print_json(_upload(c, name, version, path))
+    with _connect(url, token, data_dir) as reg:
+        _print_json(_upload(reg, name, version, path))
 
 
 @versions_app.command("download")
 def versions_download(
-    name: str, version: int, dest: Path, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None
+    name: str,
+    version: int,
+    dest: Path,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
 ) -> None:
     """Download a version's artifact to DEST, verifying its sha256."""
-    with _client(url, token) as c:
-        info = _run(lambda: c.get_version(name, version)).artifact
+    with _connect(url, token, data_dir) as reg:
+        info = reg.run(lambda: reg.client.get_version(name, version)).artifact
         columns = (
             "[progress.description]{task.description}",
             BarColumn(),
@@ -210,26 +380,30 @@ def versions_download(
         )
         with Progress(*columns, console=err_console) as progress:
             task = progress.add_task(f"download {name}/{version}", total=info.size if info else None)
-            got = _run(
-                lambda: c.download_artifact(name, version, dest, progress=lambda n: progress.advance(task, n))
+            got = reg.run(
+                lambda: reg.client.download_artifact(
+                    name, version, dest, progress=lambda n: progress.advance(task, n)
+                )
             )
     console.print(f"{dest}: {got.size} bytes, {got.digest}")
 
 
 @versions_app.command("list")
-def versions_list(name: str, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
+def versions_list(name: str, url: UrlOpt = None, token: TokenOpt = None, data_dir: DataDirOpt = None) -> None:
     table = Table("version", "status", "author", "aliases", "digest")
-    with _client(url, token) as c:
-        for v in _run(lambda: list(c.list_versions(name))):
+    with _connect(url, token, data_dir) as reg:
+        for v in reg.run(lambda: list(reg.client.list_versions(name))):
             digest = v.artifact.digest[:19] if v.artifact else ""
             table.add_row(str(v.version), v.status, v.author, ", ".join(v.aliases), digest)
     console.print(table)
 
 
 @versions_app.command("get")
-def versions_get(name: str, version: int, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
-    with _client(url, token) as c:
-        _print_json(_run(lambda: c.get_version(name, version)))
+def versions_get(
+    name: str, version: int, url: UrlOpt = None, token: TokenOpt = None, data_dir: DataDirOpt = None
+) -> None:
+    with _connect(url, token, data_dir) as reg:
+        _print_json(reg.run(lambda: reg.client.get_version(name, version)))
 
 
 # --- aliases --------------------------------------------------------------------------------------
@@ -237,28 +411,37 @@ def versions_get(name: str, version: int, url: UrlOpt = DEFAULT_URL, token: Toke
 
 @aliases_app.command("set")
 def aliases_set(
-    name: str, alias: str, version: int, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None
+    name: str,
+    alias: str,
+    version: int,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
 ) -> None:
-    with _client(url, token) as c:
-        _print_json(_run(lambda: c.set_alias(name, alias, version)))
+    with _connect(url, token, data_dir) as reg:
+        _print_json(reg.run(lambda: reg.client.set_alias(name, alias, version)))
 
 
 @aliases_app.command("get")
-def aliases_get(name: str, alias: str, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
-    with _client(url, token) as c:
-        _print_json(_run(lambda: c.get_alias(name, alias)))
+def aliases_get(
+    name: str, alias: str, url: UrlOpt = None, token: TokenOpt = None, data_dir: DataDirOpt = None
+) -> None:
+    with _connect(url, token, data_dir) as reg:
+        _print_json(reg.run(lambda: reg.client.get_alias(name, alias)))
 
 
 @aliases_app.command("list")
-def aliases_list(name: str, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
-    with _client(url, token) as c:
-        _print_json([a.model_dump(mode="json") for a in _run(lambda: c.list_aliases(name))])
+def aliases_list(name: str, url: UrlOpt = None, token: TokenOpt = None, data_dir: DataDirOpt = None) -> None:
+    with _connect(url, token, data_dir) as reg:
+        _print_json([a.model_dump(mode="json") for a in reg.run(lambda: reg.client.list_aliases(name))])
 
 
 @aliases_app.command("delete")
-def aliases_delete(name: str, alias: str, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
-    with _client(url, token) as c:
-        _run(lambda: c.delete_alias(name, alias))
+def aliases_delete(
+    name: str, alias: str, url: UrlOpt = None, token: TokenOpt = None, data_dir: DataDirOpt = None
+) -> None:
+    with _connect(url, token, data_dir) as reg:
+        reg.run(lambda: reg.client.delete_alias(name, alias))
     console.print(f"deleted alias {alias} of {name}")
 
 
@@ -278,8 +461,9 @@ def tokens_create(
             help="Create directly in this database (bootstrap, no server needed).", show_default=False
         ),
     ] = None,
-    url: UrlOpt = DEFAULT_URL,
+    url: UrlOpt = None,
     token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
 ) -> None:
     """Create a token and print its secret (shown once; the registry stores only a hash)."""
     if database_url is not None:
@@ -298,18 +482,20 @@ def tokens_create(
             db.dispose()
         _print_json({**public.model_dump(mode="json"), "token": secret})
         return
-    with _client(url, token) as c:
-        _print_json(_run(lambda: c.create_token(name, scope, prefix or [])))
+    with _connect(url, token, data_dir) as reg:
+        _print_json(reg.run(lambda: reg.client.create_token(name, scope, prefix or [])))
 
 
 @tokens_app.command("list")
-def tokens_list(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
-    with _client(url, token) as c:
-        _print_json([t.model_dump(mode="json") for t in _run(c.list_tokens)])
+def tokens_list(url: UrlOpt = None, token: TokenOpt = None, data_dir: DataDirOpt = None) -> None:
+    with _connect(url, token, data_dir) as reg:
+        _print_json([t.model_dump(mode="json") for t in reg.run(reg.client.list_tokens)])
 
 
 @tokens_app.command("revoke")
-def tokens_revoke(token_id: int, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
-    with _client(url, token) as c:
-        _run(lambda: c.revoke_token(token_id))
+def tokens_revoke(
+    token_id: int, url: UrlOpt = None, token: TokenOpt = None, data_dir: DataDirOpt = None
+) -> None:
+    with _connect(url, token, data_dir) as reg:
+        reg.run(lambda: reg.client.revoke_token(token_id))
     console.print(f"revoked token {token_id}")

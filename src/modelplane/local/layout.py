@@ -101,6 +101,11 @@ class DataDir:
     def state_file(self) -> Path:
         return self.root / "state.json"
 
+    @property
+    def token_file(self) -> Path:
+        """Where :meth:`token` keeps the registry admin token."""
+        return self.root / "token"
+
     def create(self) -> None:
         for folder in (self.root, self.artifacts, self.repositories, self.cache, self.logs):
             folder.mkdir(parents=True, exist_ok=True)

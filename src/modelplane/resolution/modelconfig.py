@@ -50,8 +50,10 @@ def model_config(
     artifact_uri: str,
     sha256: str | None,
     version: int,
+    model_filename: str | None = None,
 ) -> str:
-    """``config.pbtxt`` text for one model version."""
+    """``config.pbtxt`` text for one model version; ``model_filename`` names the artifact's file
+    (``model.pt2`` for a torch.export program), else the runtime takes it for TorchScript."""
     if not inputs or not outputs:
         raise SignatureError(
             f"model {name!r} version {version} has no input/output signature in the registry; "
@@ -75,6 +77,8 @@ def model_config(
     # GPU node), so the same configuration also runs where GPUs are only simulated.
     group.kind = pb.ModelInstanceGroup.KIND_AUTO if gpus > 0 else pb.ModelInstanceGroup.KIND_CPU
     config.version_policy.specific.versions.append(version)
+    if model_filename:
+        config.default_model_filename = model_filename
     config.parameters["artifact_uri"].string_value = artifact_uri
     if sha256:
         config.parameters["artifact_sha256"].string_value = sha256

@@ -22,6 +22,12 @@ from modelplane.resolution.modelconfig import SignatureError, Tensor, model_conf
 from modelplane.resolution.resolver import ResolutionError, Resolved, ServedVersion, ServingOptions
 
 
+def model_filename(uploaded: str) -> str | None:
+    """What the runtime must call the artifact uploaded as ``uploaded``: ``model.pt2`` for a
+    torch.export program; None for the runtime's default, TorchScript ``model.pt``."""
+    return "model.pt2" if uploaded.lower().endswith(".pt2") else None
+
+
 @dataclass(frozen=True)
 class RegistryResolver:
     """Resolves against one registry; ``artifact_base_url`` is how pods reach it (may differ from
@@ -64,6 +70,7 @@ class RegistryResolver:
                 artifact_uri=artifact_uri,
                 sha256=digest,
                 version=version.version,
+                model_filename=model_filename(version.artifact.filename),
             )
         except SignatureError as exc:
             raise ResolutionError("SignatureInvalid", str(exc), temporary=False) from exc

@@ -88,3 +88,28 @@ def test_missing_signature_or_unknown_type_says_what_to_fix() -> None:
             sha256=None,
             version=1,
         )
+
+
+def test_a_torch_export_artifact_is_named_so_the_runtime_loads_it_as_one() -> None:
+    from modelplane.resolution.registry import model_filename
+
+    def config(model_filename: str | None) -> pb.ModelConfig:
+        text = model_config(
+            "iris",
+            INPUTS,
+            OUTPUTS,
+            max_batch_size=8,
+            max_latency_ms=1.0,
+            gpus=0,
+            artifact_uri="http://r/a",
+            sha256=None,
+            version=1,
+            model_filename=model_filename,
+        )
+        return _parse(text)
+
+    assert config("model.pt2").default_model_filename == "model.pt2"
+    assert config(None).default_model_filename == ""
+    assert model_filename("exported.PT2") == "model.pt2"
+    assert model_filename("model.pt") is None
+    assert model_filename("weights.pth") is None
