@@ -22,7 +22,7 @@ COPY deploy/devcluster ./deploy/devcluster
 # with the router's request path compiled; mypy is only a build tool and leaves again.
 RUN python -m venv /opt/modelplane \
  && /opt/modelplane/bin/pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0" \
- && /opt/modelplane/bin/pip install . "mypy==2.4.1" "setuptools>=68" wheel \
+ && /opt/modelplane/bin/pip install . "mypy==2.4.1" "setuptools>=77" wheel \
  && MODELPLANE_COMPILE=1 /opt/modelplane/bin/pip install --no-deps --no-build-isolation --force-reinstall . \
  && /opt/modelplane/bin/pip uninstall -y mypy \
  && find /opt/modelplane -name '__pycache__' -type d -prune -exec rm -rf {} +

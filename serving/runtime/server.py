@@ -108,7 +108,7 @@ async def serve(options: RuntimeOptions) -> None:
     http_task = asyncio.create_task(http_server.serve(), name="http")
     load_task = asyncio.create_task(manager.load_all(), name="load-models")
     stop_task = asyncio.create_task(stop.wait(), name="stop")
-    log.warning(
+    log.info(
         "modelplane runtime: HTTP on %s:%d, gRPC on %s:%d, repository %s",
         options.host,
         options.http_port,
@@ -124,10 +124,10 @@ async def serve(options: RuntimeOptions) -> None:
         raise SystemExit(f"the HTTP server stopped: cannot serve on {options.host}:{options.http_port}")
 
     if options.drain_delay_s > 0:
-        log.warning("leaving: not ready, still serving for %.1f s", options.drain_delay_s)
+        log.info("leaving: not ready, still serving for %.1f s", options.drain_delay_s)
         lifecycle.leave()
         await asyncio.sleep(options.drain_delay_s)
-    log.warning("draining: %d requests in flight", lifecycle.inflight)
+    log.info("draining: %d requests in flight", lifecycle.inflight)
     finished = await lifecycle.drain(options.drain_timeout_s)
     if not finished:
         log.error("drain timeout: %d requests still in flight", lifecycle.inflight)
@@ -140,12 +140,16 @@ async def serve(options: RuntimeOptions) -> None:
     if metrics_server is not None:
         metrics_server.shutdown()
     await manager.close()
-    log.warning("stopped")
+    log.info("stopped")
 
 
 def run(options: RuntimeOptions) -> None:
     """Blocking entry point (uvloop when installed)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # INFO and up, whatever was set before: a root handler that an import added would otherwise
+    # make this a no-op and leave the default, WARNING (a start, a drain are news, not warnings).
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
     try:
         import uvloop
     except ImportError:

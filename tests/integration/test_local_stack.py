@@ -28,6 +28,8 @@ from modelplane.testing.local import UpProcess, alive, children_of
 
 pytestmark = pytest.mark.timeout(600)
 
+GRPC_FORK_LINE = "skipping fork() handlers"
+
 ZERO_YAML = """\
 apiVersion: modelplane.io/v1alpha1
 kind: ModelDeployment
@@ -187,6 +189,13 @@ def test_cli_get_describe_infer_logs_against_the_stack(stack: UpProcess) -> None
     assert logs.stdout.strip()
 
 
+def test_starting_runtimes_prints_nothing_from_grpc(stack: UpProcess) -> None:
+    """The runtimes start while the router's gRPC server runs in `modelplane up`: started with fork(),
+    each printed gRPC's "Other threads are currently calling into gRPC, skipping fork() handlers",
+    into the ready message too. By now the demo's runtime was replaced and `sleepy` activated."""
+    assert GRPC_FORK_LINE not in stack.output
+
+
 def test_sigterm_stops_everything_and_a_restart_resumes(stack: UpProcess, tmp_path: Path) -> None:
     assert stack.process is not None
     children = children_of(stack.process.pid)
@@ -195,6 +204,7 @@ def test_sigterm_stops_everything_and_a_restart_resumes(stack: UpProcess, tmp_pa
     _wait(lambda: not any(alive(pid) for pid in children), "every child to exit", 30)
     assert not (stack.data_dir / "stack.json").exists()
     assert "registered model demo" in stack.output
+    assert GRPC_FORK_LINE not in stack.output
 
     again = UpProcess(stack.data_dir, stack.deployments, stack.http_port, stack.grpc_port).start()
     try:
@@ -214,3 +224,4 @@ def test_sigterm_stops_everything_and_a_restart_resumes(stack: UpProcess, tmp_pa
     finally:
         assert again.stop(signal.SIGINT) == 0
     assert re.search(r"stopped\.", again.output)
+    assert GRPC_FORK_LINE not in again.output

@@ -15,6 +15,7 @@ import sysconfig
 import tarfile
 import venv
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -33,15 +34,51 @@ def run(*cmd: str | Path, env: dict[str, str] | None = None, cwd: Path | None = 
     return result.stdout
 
 
+@dataclass(frozen=True)
+class Build:
+    dist: Path  # the sdist and the wheel
+    output: str  # what the build printed, stdout and stderr
+
+
 @pytest.fixture(scope="module")
-def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def build(tmp_path_factory: pytest.TempPathFactory) -> Build:
     """sdist and wheel built from a copy of the sources (the checkout gets no build/ or egg-info)."""
     base = tmp_path_factory.mktemp("packaging")
     tree = base / "src-tree"
     copy_sources(tree)
     out = base / "dist"
-    run(sys.executable, "-m", "build", "--no-isolation", "--outdir", out, tree)
-    return out
+    cmd = [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(tree)]
+    result = subprocess.run(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}"
+    return Build(out, result.stdout)
+
+
+@pytest.fixture(scope="module")
+def dist(build: Build) -> Path:
+    return build.dist
+
+
+def test_the_build_warns_of_nothing_deprecated_and_the_license_is_an_spdx_expression(build: Build) -> None:
+    """setuptools deprecates `project.license` as a table and License classifiers (builds fail from
+    2027-02-18): the license is an SPDX expression, its file named in `license-files`."""
+    deprecations = [
+        line
+        for line in build.output.splitlines()
+        if any(
+            text in line
+            for text in ("DeprecationWarning", "is deprecated", "are deprecated", "remove deprecated calls")
+        )
+    ]
+    assert deprecations == [], build.output
+    wheel = build.dist / f"modelplane-{__version__}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = archive.read(f"modelplane-{__version__}.dist-info/METADATA").decode().splitlines()
+        names = set(archive.namelist())
+    assert "License-Expression: Apache-2.0" in metadata
+    assert not [line for line in metadata if line.startswith(("License:", "Classifier: License ::"))]
+    assert f"modelplane-{__version__}.dist-info/licenses/LICENSE" in names
 
 
 def test_sdist_and_wheel_hold_the_whole_package(dist: Path) -> None:

@@ -68,6 +68,22 @@ def test_sigterm_lets_inflight_requests_finish_and_refuses_new_ones(tmp_path: Pa
         server.stop()
 
 
+def test_a_clean_start_and_stop_log_at_info_and_warn_of_nothing(tmp_path: Path) -> None:
+    """The start-up line, a model's readiness, the drain and the stop are news, not warnings; and the
+    runtime shows its INFO lines."""
+    repo = tmp_path / "models"
+    write_model(repo, "mlp", make_mlp(), mlp_config("mlp"))
+    server = RuntimeProcess(repo, ("--drain-delay", "0.1")).start()
+    assert server.stop() == 0
+    lines = server.log().splitlines()
+    levels = {
+        text: [line.split()[2] for line in lines if f"modelplane.runtime: {text}" in line]
+        for text in ("modelplane runtime: HTTP on", "model mlp ready", "leaving:", "draining:", "stopped")
+    }
+    assert levels == {text: ["INFO"] for text in levels}, server.log()
+    assert not [line for line in lines if " WARNING " in line or " ERROR " in line], server.log()
+
+
 def test_during_the_drain_delay_the_server_is_not_ready_but_still_answers(tmp_path: Path) -> None:
     """Kubernetes removes a terminating pod from its EndpointSlices only after a while; requests
     sent on the stale endpoints meanwhile must still be answered (the "lame duck" period)."""

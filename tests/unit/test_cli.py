@@ -5,8 +5,11 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import typer
 from typer.testing import CliRunner
 
 import modelplane
@@ -41,3 +44,27 @@ def test_unknown_command_fails_with_a_usage_error() -> None:
     result = runner.invoke(app, ["no-such-command"])
     assert result.exit_code == 2
     assert "No such command" in result.output
+
+
+def _command_paths(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    yield path
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _command_paths(sub, (*path, name))
+
+
+def test_no_help_shows_a_type_for_a_flag() -> None:
+    """A flag takes no value: `--standalone <bool>`, `--help <bool>` (typer 0.29's rich help) read as
+    if it took one. Every command and group, the flags typer adds (--help, --install-completion) too."""
+    paths = list(_command_paths(typer.main.get_command(app)))
+    assert {(), ("operator",), ("registry",), ("registry", "models", "list"), ("dev-cluster", "up")} <= set(
+        paths
+    )
+    for path in paths:
+        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+        assert result.exit_code == 0, (path, result.output)
+        assert "--help" in result.output, path
+        assert "<bool>" not in result.output, (path, result.output)
+    operator = runner.invoke(app, ["operator", "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"}).output
+    assert "--standalone" in operator
+    assert "--no-registry-records" in operator
+    assert "<int>" in operator  # an option that takes a value still shows its type

@@ -47,3 +47,24 @@ def test_preparing_a_model_does_not_import_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_runtime_shows_its_info_lines_even_after_an_import_set_up_logging() -> None:
+    """`run` sets INFO for the process: a root handler added earlier (as `logging.warning()` at import
+    time adds one, at WARNING) would make a plain `basicConfig` a no-op and hide the INFO lines."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging\n"
+        "logging.warning('an import logged this')\n"
+        "from pathlib import Path\n"
+        "from modelplane.serving.runtime import server\n"
+        "async def serve(options):\n"
+        "    server.log.info('modelplane runtime: started')\n"
+        "server.serve = serve\n"
+        "server.run(server.RuntimeOptions(model_repository=Path('.')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert " INFO modelplane.runtime: modelplane runtime: started" in result.stderr, result.stderr
