@@ -230,10 +230,9 @@ OPERATOR_NAMESPACE = "modelplane-system"
 
 
 @pytest.fixture
-def peering(cluster: Cluster) -> None:
-    """The kopf peering resource of deploy/operator/peering.yaml (cluster-wide). The file holds the
-    CRD and its one object: the first apply can only create the CRD, so apply again once it serves."""
-    cluster.kubectl("apply", "--server-side", "-f", str(PEERING), check=False)
+def peering(cluster: Cluster, crds: None) -> None:
+    """The kopf peering resource of deploy/operator/peering.yaml (cluster-wide); its type comes
+    with crds/."""
     cluster.kubectl(
         "wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev", "--timeout=60s"
     )

@@ -464,8 +464,16 @@ def tokens_create(
     url: UrlOpt = None,
     token: TokenOpt = None,
     data_dir: DataDirOpt = None,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="Print only the secret, for scripts: TOKEN=$(modelplane registry tokens ...).",
+        ),
+    ] = False,
 ) -> None:
-    """Create a token and print its secret (shown once; the registry stores only a hash)."""
+    """Create a token and print it with its secret (shown once; the registry stores only a hash)."""
     if database_url is not None:
         from modelplane.registry_client import schemas
         from modelplane.serving.registry import auth, migrate
@@ -480,10 +488,14 @@ def tokens_create(
             public = SqlStore(db).create_token(os.environ.get("USER", "cli"), data, auth.hash_token(secret))
         finally:
             db.dispose()
-        _print_json({**public.model_dump(mode="json"), "token": secret})
-        return
-    with _connect(url, token, data_dir) as reg:
-        _print_json(reg.run(lambda: reg.client.create_token(name, scope, prefix or [])))
+        created = schemas.TokenCreated(**public.model_dump(), token=secret)
+    else:
+        with _connect(url, token, data_dir) as reg:
+            created = reg.run(lambda: reg.client.create_token(name, scope, prefix or []))
+    if quiet:
+        typer.echo(created.token)
+    else:
+        _print_json(created)
 
 
 @tokens_app.command("list")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,15 @@ def test_cli_bootstrap_token_upload_alias_download(tmp_path: Path) -> None:
     try:
         env = {"MODELPLANE_REGISTRY_URL": server.url, "MODELPLANE_REGISTRY_TOKEN": token}
         assert cli("models", "create", "cli-model", "--description", "from the CLI", env=env).returncode == 0
+        # --quiet prints the secret alone, from the server as from the database.
+        reader = cli("tokens", "create", "reader", "--scope", "read", "-q", env=env)
+        assert reader.returncode == 0, reader.stderr
+        boot = cli("tokens", "create", "boot", "--scope", "read", "--database-url", db_url, "--quiet")
+        for secret in (reader.stdout, boot.stdout):
+            assert secret.count("\n") == 1
+            assert re.fullmatch(r"[A-Za-z0-9_-]{20,}\n", secret), secret
+            ok = cli("models", "get", "cli-model", env={**env, "MODELPLANE_REGISTRY_TOKEN": secret.strip()})
+            assert ok.returncode == 0, ok.stderr
         weights = tmp_path / "model.pt"
         weights.write_bytes(os.urandom(300_000))
         created = cli(
