@@ -122,6 +122,12 @@ PLANTED = [
         id="decision-does-io",
     ),
     pytest.param(
+        "serving/runtime/generative/scheduler.py",
+        "import torch",
+        "Generative engine: batching, cache and stop decisions",
+        id="scheduler-imports-torch",
+    ),
+    pytest.param(
         "serving/runtime/errors.py",
         "import modelplane.testing.fixtures",
         "The product never imports the dev cluster or test support",

@@ -11,6 +11,7 @@ from typer.models import DefaultPlaceholder
 
 from modelplane import __version__
 from modelplane.cli import dev_cluster
+from modelplane.cli import llm_runtime as llm_runtime_command
 from modelplane.cli import runtime as runtime_command
 from modelplane.cli.registry import app as registry_app
 
@@ -97,6 +98,7 @@ app.command(name="operator")(operator_command.operator)
 app.add_typer(dev_cluster.app, name="dev-cluster")
 app.command()(runtime_command.runtime)
 app.command(name="prepare-model")(runtime_command.prepare_model)
+app.command(name="llm-runtime")(llm_runtime_command.llm_runtime)
 app.command(name="up")(up_command.up)
 app.command(name="deploy")(local_command.deploy)
 app.command(name="get")(local_command.get)
