@@ -17,7 +17,15 @@ from fastapi.openapi.utils import get_openapi
 from modelplane import __version__
 from modelplane.registry_client import schemas
 from modelplane.serving.registry import migrate, problems
-from modelplane.serving.registry.api.routes import admin, aliases, artifacts, health, models, versions
+from modelplane.serving.registry.api.routes import (
+    admin,
+    aliases,
+    artifacts,
+    files,
+    health,
+    models,
+    versions,
+)
 from modelplane.serving.registry.artifacts import ArtifactStore
 from modelplane.serving.registry.config import Settings
 from modelplane.serving.registry.db import Database
@@ -68,7 +76,14 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.service = service
     problems.install(app)
-    for router in (models.router, versions.router, aliases.router, artifacts.router, admin.router):
+    for router in (
+        models.router,
+        versions.router,
+        aliases.router,
+        artifacts.router,
+        files.router,
+        admin.router,
+    ):
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(health.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -49,6 +49,11 @@ class InvalidStateError(ConflictError):
     title = "Invalid state for this operation"
 
 
+class ManifestMismatchError(ConflictError):
+    slug = "manifest-mismatch"
+    title = "The files listed do not match the files stored"
+
+
 class PreconditionFailedError(RegistryError):
     status = 412
     slug = "precondition-failed"

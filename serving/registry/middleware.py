@@ -5,6 +5,7 @@ Plain ASGI (not ``BaseHTTPMiddleware``) so streamed uploads and downloads pass t
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -13,15 +14,31 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from modelplane.serving.registry.metrics import LATENCY, REQUESTS
 from modelplane.serving.registry.problems import problem_response
 
+# PUT .../versions/{version}/files/{path}: one file of a directory artifact, streamed like an artifact.
+_FILE_UPLOAD = re.compile(r"^/api/v1/models/[^/]+/versions/[^/]+/files/")
+_FILES_COMMIT = re.compile(r"^/api/v1/models/[^/]+/versions/[^/]+/files:commit$")
+#: A commit lists up to 10,000 files (path up to 512 characters, sha256, size): its own, larger limit.
+COMMIT_MAX_BODY_BYTES = 8 * 1024 * 1024
+
 
 def is_artifact_upload(scope: Scope) -> bool:
-    return scope.get("method") == "PUT" and str(scope.get("path", "")).endswith("/artifact")
+    if scope.get("method") != "PUT":
+        return False
+    path = str(scope.get("path", ""))
+    return path.endswith("/artifact") or _FILE_UPLOAD.match(path) is not None
+
+
+def body_limit(scope: Scope, default: int) -> int:
+    if scope.get("method") == "POST" and _FILES_COMMIT.match(str(scope.get("path", ""))):
+        return max(default, COMMIT_MAX_BODY_BYTES)
+    return default
 
 
 class BodyLimitMiddleware:
     """Refuse request bodies over ``max_bytes`` with 413 before any route sees them.
 
-    Artifact uploads are exempt: they stream to disk under their own (much larger) limit.
+    Artifact and directory-file uploads are exempt: they stream to disk under their own (much
+    larger) limit; a directory commit (a list of up to 10,000 files) has a limit of its own.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -32,10 +49,11 @@ class BodyLimitMiddleware:
         if scope["type"] != "http" or is_artifact_upload(scope):
             await self.app(scope, receive, send)
             return
+        max_bytes = body_limit(scope, self.max_bytes)
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            await self._refuse(scope, receive, send, max_bytes)
             return
         chunks: list[bytes] = []
         size = 0
@@ -46,8 +64,8 @@ class BodyLimitMiddleware:
                 return
             body = message.get("body", b"")
             size += len(body)
-            if size > self.max_bytes:
-                await self._refuse(scope, receive, send)
+            if size > max_bytes:
+                await self._refuse(scope, receive, send, max_bytes)
                 return
             chunks.append(body)
             more = bool(message.get("more_body", False))
@@ -62,12 +80,12 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, max_bytes: int) -> None:
         response = problem_response(
             413,
             "payload-too-large",
             "Payload too large",
-            f"request bodies are limited to {self.max_bytes} bytes",
+            f"request bodies are limited to {max_bytes} bytes",
             str(scope.get("path", "")),
         )
         await response(scope, receive, send)

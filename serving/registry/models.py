@@ -124,11 +124,37 @@ class ModelVersion(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     revision: Mapped[int] = mapped_column(Integer, default=1)
+    # Added by migration 0002 (NULL on older rows): the pipeline task and the artifact's format,
+    # and for an artifact, whether it is one file or a directory (NULL: a file) and how many files.
+    task: Mapped[str | None] = mapped_column(String(64), default=None)
+    format: Mapped[str | None] = mapped_column(String(32), default=None)
+    artifact_kind: Mapped[str | None] = mapped_column(String(16), default=None)
+    artifact_file_count: Mapped[int | None] = mapped_column(Integer, default=None)
 
     model: Mapped[RegisteredModel] = relationship(lazy="joined", innerjoin=True)
     tags: Mapped[list[VersionTag]] = relationship(
         back_populates="version", cascade="all, delete-orphan", passive_deletes=True
     )
+
+
+class ArtifactFile(Base):
+    """One file of a version's directory artifact, stored content-addressed under its sha256.
+
+    Rows are written as files are uploaded (the version still PENDING) and become the directory
+    artifact when the version is committed; the version's ``artifact_digest`` is then the sha256 of
+    the canonical manifest of these rows (``modelplane.registry_client.manifest``).
+    """
+
+    __tablename__ = "artifact_files"
+    __table_args__ = (UniqueConstraint("version_id", "path", name="uq_artifact_files_version_id_path"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), index=True)
+    path: Mapped[str] = mapped_column(String(512))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    uploaded_by: Mapped[str] = mapped_column(String(128))
+    uploaded_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class VersionTag(Base):

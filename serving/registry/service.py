@@ -11,10 +11,12 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator, Sequence
 
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from modelplane.registry_client import schemas
-from modelplane.registry_client.validation import check_filename
+from modelplane.registry_client.manifest import MAX_FILES, ManifestError, manifest_digest
+from modelplane.registry_client.validation import check_file_path, check_filename
 from modelplane.serving.registry import auth, errors, webhooks
 from modelplane.serving.registry.artifacts import ArtifactStore, parse_digest
 from modelplane.serving.registry.auth import Principal
@@ -208,6 +210,91 @@ class RegistryService:
                 "from the artifact store"
             )
         return ref, str(path)
+
+    # --- directory artifacts ------------------------------------------------------------------
+
+    @staticmethod
+    def _file_path(path: str) -> str:
+        try:
+            return check_file_path(path)
+        except ValueError as exc:
+            raise errors.InvalidInputError(f"file path {path[:600]!r}: {exc}") from exc
+
+    async def upload_file(
+        self,
+        who: Principal,
+        name: str,
+        version: int,
+        path: str,
+        digest_header: str | None,
+        declared_size: int | None,
+        chunks: AsyncIterator[bytes],
+    ) -> tuple[bool, schemas.FileEntry]:
+        """Stream, verify and store one file of a directory artifact; (True, entry) when it is new.
+
+        The path is checked before anything is read; a path already stored with the same digest is
+        a no-op (False: nothing changes), with another digest a 409.
+        """
+        auth.require(who, "write", name)
+        entry_path = self._file_path(path)
+        if not digest_header:
+            raise errors.InvalidInputError(
+                "send the file's sha256 in the X-Checksum-Sha256 header ('sha256:<64 hex>'); "
+                "the registry refuses bytes it cannot check"
+            )
+        expected = parse_digest(digest_header)
+        hexdigest = expected.split(":", 1)[1]
+        # Refuse before reading the body when the version takes no files or the path has another
+        # digest; a path stored with this digest is still read and checked (the answer is then 200).
+        await run_in_threadpool(self.store.check_file_upload, name, version, entry_path, hexdigest)
+        blob = await self.artifacts.put(chunks, expected, declared_size)
+        entry = schemas.FileEntry(path=entry_path, sha256=hexdigest, size=blob.size)
+        created = await run_in_threadpool(self.store.add_artifact_file, who.name, name, version, entry)
+        return created, entry
+
+    def list_files(self, who: Principal, name: str, version: int) -> schemas.FileList:
+        auth.require(who, "read", name)
+        return self.store.list_artifact_files(name, version)
+
+    def commit_files(
+        self, who: Principal, name: str, version: int, data: schemas.FilesCommit
+    ) -> tuple[bool, Versioned[schemas.VersionPublic]]:
+        """Check the listed files against the stored ones and make them the version's artifact."""
+        auth.require(who, "write", name)
+        if not data.files:
+            raise errors.InvalidInputError("a directory artifact has at least one file; list them in 'files'")
+        if len(data.files) > MAX_FILES:
+            raise errors.InvalidInputError(
+                f"{len(data.files)} files listed; a directory artifact has at most {MAX_FILES}"
+            )
+        try:
+            manifest_digest(data.files)
+        except (ManifestError, ValidationError) as exc:
+            raise errors.InvalidInputError(str(exc)) from exc
+        gone = [f.path for f in data.files if not self.artifacts.exists("sha256:" + f.sha256)]
+        stored = {f.path for f in self.store.list_artifact_files(name, version).files}
+        gone = [p for p in gone if p in stored]
+        if gone:
+            raise errors.UnavailableError(
+                f"files of {name}/{version} are recorded but missing from the artifact store: "
+                + ", ".join(gone[:20])
+            )
+        result = self.store.commit_artifact_files(who.name, name, version, data.files, data.name)
+        self._notify()
+        return result
+
+    def file_for_download(
+        self, who: Principal, name: str, version: int, path: str
+    ) -> tuple[schemas.FileEntry, str]:
+        auth.require(who, "read", name)
+        entry = self.store.get_artifact_file(name, version, self._file_path(path))
+        blob = self.artifacts.blob_path("sha256:" + entry.sha256)
+        if not blob.is_file():
+            raise errors.UnavailableError(
+                f"the file {entry.path!r} of {name}/{version} (sha256:{entry.sha256}) is recorded but "
+                "missing from the artifact store"
+            )
+        return entry, str(blob)
 
     # --- aliases ------------------------------------------------------------------------------
 

@@ -124,6 +124,27 @@ class RegistryStore(ABC):
     @abstractmethod
     def get_artifact(self, name: str, version: int) -> ArtifactRef: ...
 
+    # directory artifacts (files uploaded one by one, then committed)
+    @abstractmethod
+    def check_file_upload(self, name: str, version: int, entry_path: str, sha256: str) -> bool:
+        """Raise unless a file may be stored at ``entry_path``; True when it is already, with ``sha256``."""
+
+    @abstractmethod
+    def add_artifact_file(self, actor: str, name: str, version: int, entry: schemas.FileEntry) -> bool:
+        """Record a stored file; True when new, False when the path already had this digest."""
+
+    @abstractmethod
+    def list_artifact_files(self, name: str, version: int) -> schemas.FileList: ...
+    @abstractmethod
+    def get_artifact_file(self, name: str, version: int, entry_path: str) -> schemas.FileEntry: ...
+    @abstractmethod
+    def commit_artifact_files(
+        self, actor: str, name: str, version: int, files: Sequence[schemas.FileEntry], dirname: str | None
+    ) -> tuple[bool, Versioned[schemas.VersionPublic]]:
+        """Make the stored files the version's directory artifact (READY).
+
+        (False, version) when it already was, with the same files."""
+
     # aliases
     @abstractmethod
     def set_alias(self, actor: str, name: str, alias: str, version: int) -> schemas.AliasPublic: ...

@@ -19,12 +19,14 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload
 
 from modelplane.registry_client import schemas
+from modelplane.registry_client.manifest import MAX_FILES, manifest_digest
 from modelplane.serving.registry import errors
 from modelplane.serving.registry.db import Database
 from modelplane.serving.registry.models import (
     Alias,
     AliasEvent,
     ApiToken,
+    ArtifactFile,
     AuditEntry,
     DeploymentRecord,
     ModelTag,
@@ -91,6 +93,8 @@ _PUBLIC_VERSION_FIELDS = (
     "source",
     "run_id",
     "framework",
+    "task",
+    "format",
     "signature",
     "metrics",
     "params",
@@ -99,9 +103,12 @@ _PUBLIC_VERSION_FIELDS = (
     "artifact_digest",
     "artifact_size",
     "artifact_filename",
+    "artifact_kind",
+    "artifact_file_count",
     "created_at",
     "updated_at",
 )
+_LISTED = 20  # how many paths an error message names
 
 
 def _version_from_row(
@@ -110,8 +117,13 @@ def _version_from_row(
     """A version's public form from its column values (a Core row's mapping or the inserted values)."""
     artifact = None
     if m["artifact_digest"] is not None:
+        directory = m["artifact_kind"] == "directory"
         artifact = schemas.ArtifactInfo(
-            digest=m["artifact_digest"], size=m["artifact_size"] or 0, filename=m["artifact_filename"] or ""
+            digest=m["artifact_digest"],
+            size=m["artifact_size"] or 0,
+            filename=m["artifact_filename"] or "",
+            kind="directory" if directory else "file",
+            files=(m["artifact_file_count"] or 0) if directory else 1,
         )
     return schemas.VersionPublic(
         model=model,
@@ -121,6 +133,8 @@ def _version_from_row(
         source=m["source"],
         run_id=m["run_id"],
         framework=m["framework"],
+        task=m["task"],
+        format=m["format"],
         signature=schemas.Signature.model_validate(m["signature"]) if m["signature"] else None,
         metrics=m["metrics"],
         params=m["params"],
@@ -480,6 +494,10 @@ class SqlStore(RegistryStore):
                 "artifact_digest": None,
                 "artifact_size": None,
                 "artifact_filename": None,
+                "artifact_kind": None,
+                "artifact_file_count": None,
+                "task": data.task,
+                "format": data.format,
                 "created_at": now,
                 "updated_at": now,
                 "revision": 1,
@@ -659,6 +677,17 @@ class SqlStore(RegistryStore):
                     f"version {version} of {name!r} is {row.status}; artifacts are immutable once a "
                     "version is READY or FAILED: create a new version"
                 )
+            self._check_no_staged_files(s, row, name)
+
+    @staticmethod
+    def _check_no_staged_files(s: Session, row: ModelVersion, name: str) -> None:
+        staged = s.execute(select(ArtifactFile.id).where(ArtifactFile.version_id == row.id).limit(1)).first()
+        if staged is not None:
+            raise errors.InvalidStateError(
+                f"version {row.version} of {name!r} has files of a directory artifact uploaded; "
+                f"commit them (POST .../versions/{row.version}/files:commit) or create a new version "
+                "for a single-file artifact"
+            )
 
     def attach_artifact(
         self, actor: str, name: str, version: int, artifact: ArtifactRef
@@ -669,6 +698,7 @@ class SqlStore(RegistryStore):
                 raise errors.InvalidStateError(
                     f"version {version} of {name!r} is {row.status}; artifacts are immutable once set"
                 )
+            self._check_no_staged_files(s, row, name)
             before = self._version_versioned(s, row).body
             row.artifact_digest = artifact.digest
             row.artifact_size = artifact.size
@@ -701,9 +731,179 @@ class SqlStore(RegistryStore):
                 raise errors.NotFoundError(
                     f"version {version} of {name!r} has no artifact (status {row.status})"
                 )
+            if row.artifact_kind == "directory":
+                raise errors.NotFoundError(
+                    f"version {version} of {name!r} has a directory artifact, not a single file: list "
+                    f"its files at /api/v1/models/{name}/versions/{version}/files and download each"
+                )
             return ArtifactRef(
                 row.artifact_digest, row.artifact_size or 0, row.artifact_filename or "artifact"
             )
+
+    # --- directory artifacts ------------------------------------------------------------------
+
+    @staticmethod
+    def _check_files_allowed(row: ModelVersion, name: str) -> None:
+        if row.artifact_kind == "directory":
+            raise errors.InvalidStateError(
+                f"version {row.version} of {name!r} is {row.status}: its directory artifact is committed "
+                "and immutable; create a new version"
+            )
+        if row.artifact_digest is not None:
+            raise errors.InvalidStateError(
+                f"version {row.version} of {name!r} has a single-file artifact; a directory artifact "
+                "needs a new version"
+            )
+        if row.status != "PENDING":
+            raise errors.InvalidStateError(
+                f"version {row.version} of {name!r} is {row.status}; files are uploaded only to a "
+                "PENDING version: create a new version"
+            )
+
+    @staticmethod
+    def _file_rows(s: Session, version_id: int) -> list[ArtifactFile]:
+        return list(
+            s.scalars(
+                select(ArtifactFile).where(ArtifactFile.version_id == version_id).order_by(ArtifactFile.path)
+            )
+        )
+
+    @staticmethod
+    def _check_stored_file(s: Session, row: ModelVersion, name: str, entry_path: str, sha256: str) -> bool:
+        """True when ``entry_path`` is stored with ``sha256``; 409 with another; 400 when full."""
+        existing = s.execute(
+            select(ArtifactFile.sha256).where(
+                ArtifactFile.version_id == row.id, ArtifactFile.path == entry_path
+            )
+        ).scalar_one_or_none()
+        if existing is not None:
+            if existing == sha256:
+                return True
+            raise errors.AlreadyExistsError(
+                f"{entry_path!r} of version {row.version} of {name!r} is already stored with sha256 "
+                f"{existing}, not {sha256}; files are immutable once uploaded: create a new version"
+            )
+        count = s.scalar(
+            select(func.count()).select_from(ArtifactFile).where(ArtifactFile.version_id == row.id)
+        )
+        if (count or 0) >= MAX_FILES:
+            raise errors.InvalidInputError(
+                f"version {row.version} of {name!r} already has {MAX_FILES} files, the most a directory "
+                "artifact may have"
+            )
+        return False
+
+    def check_file_upload(self, name: str, version: int, entry_path: str, sha256: str) -> bool:
+        with self.db.read() as s:
+            row = self._version_row(s, name, version)
+            self._check_files_allowed(row, name)
+            return self._check_stored_file(s, row, name, entry_path, sha256)
+
+    def add_artifact_file(self, actor: str, name: str, version: int, entry: schemas.FileEntry) -> bool:
+        try:
+            with self.db.write() as s:
+                row = self._version_row(s, name, version, lock=True)
+                self._check_files_allowed(row, name)
+                if self._check_stored_file(s, row, name, entry.path, entry.sha256):
+                    return False
+                s.add(
+                    ArtifactFile(
+                        version_id=row.id,
+                        path=entry.path,
+                        sha256=entry.sha256,
+                        size=entry.size,
+                        uploaded_by=actor,
+                        uploaded_at=utcnow(),
+                    )
+                )
+                s.flush()
+                self._audit(s, actor, "version.file.upload", "version", f"{name}/{version}", after=entry)
+                return True
+        except IntegrityError as exc:
+            if not _is_unique_violation(exc):
+                raise
+            # A concurrent upload of the same path won: the same digest is a no-op, another a 409.
+            if self.check_file_upload(name, version, entry.path, entry.sha256):
+                return False
+            raise
+
+    def list_artifact_files(self, name: str, version: int) -> schemas.FileList:
+        with self.db.read() as s:
+            row = self._version_row(s, name, version)
+            committed = row.artifact_kind == "directory"
+            files = [
+                schemas.FileEntry(path=r.path, sha256=r.sha256, size=r.size)
+                for r in self._file_rows(s, row.id)
+            ]
+            return schemas.FileList(
+                files=files, digest=row.artifact_digest if committed else None, committed=committed
+            )
+
+    def get_artifact_file(self, name: str, version: int, entry_path: str) -> schemas.FileEntry:
+        with self.db.read() as s:
+            row = self._version_row(s, name, version)
+            found = s.scalars(
+                select(ArtifactFile).where(ArtifactFile.version_id == row.id, ArtifactFile.path == entry_path)
+            ).one_or_none()
+            if found is None:
+                raise errors.NotFoundError(f"version {version} of {name!r} has no file {entry_path!r}")
+            return schemas.FileEntry(path=found.path, sha256=found.sha256, size=found.size)
+
+    def commit_artifact_files(
+        self, actor: str, name: str, version: int, files: Sequence[schemas.FileEntry], dirname: str | None
+    ) -> tuple[bool, Versioned[schemas.VersionPublic]]:
+        digest = manifest_digest(files)
+        with self.db.write() as s:
+            row = self._version_row(s, name, version, lock=True)
+            if row.artifact_kind == "directory" and row.artifact_digest == digest:
+                return False, self._version_versioned(s, row)  # a retried commit: nothing to do
+            self._check_files_allowed(row, name)
+            stored = {
+                r.path: schemas.FileEntry(path=r.path, sha256=r.sha256, size=r.size)
+                for r in self._file_rows(s, row.id)
+            }
+            requested = {f.path: f for f in files}
+            missing = sorted(p for p in requested if p not in stored)
+            extra = sorted(p for p in stored if p not in requested)
+            differ = sorted(p for p in requested if p in stored and stored[p] != requested[p])
+            if missing or extra or differ:
+                parts = []
+                for what, paths in (
+                    ("not uploaded", missing),
+                    ("uploaded but not listed", extra),
+                    ("uploaded with another sha256 or size", differ),
+                ):
+                    if paths:
+                        more = f" and {len(paths) - _LISTED} more" if len(paths) > _LISTED else ""
+                        parts.append(f"{what}: {', '.join(paths[:_LISTED])}{more}")
+                raise errors.ManifestMismatchError(
+                    f"the files listed do not match the files stored for version {version} of "
+                    f"{name!r} ({'; '.join(parts)}); nothing was committed"
+                )
+            before = self._version_versioned(s, row).body
+            row.artifact_digest = digest
+            row.artifact_size = sum(f.size for f in files)
+            row.artifact_filename = dirname or ""
+            row.artifact_kind = "directory"
+            row.artifact_file_count = len(files)
+            row.status = "READY"
+            row.revision += 1
+            row.updated_at = utcnow()
+            s.flush()
+            result = self._version_versioned(s, row)
+            self._audit(
+                s,
+                actor,
+                "version.artifact.commit",
+                "version",
+                f"{name}/{version}",
+                before=before,
+                after=result.body,
+            )
+            self._enqueue(
+                s, "version.ready", {"model": name, "version": version, "digest": digest, "actor": actor}
+            )
+            return True, result
 
     # --- aliases ------------------------------------------------------------------------------
 

@@ -29,6 +29,11 @@ console = Console()
 err_console = Console(stderr=True)
 T = TypeVar("T")
 
+#: The artifact formats the registry records (``schemas.ArtifactFormat``), by file suffix.
+FORMAT_BY_SUFFIX = {".pt": "torchscript", ".pt2": "torch-export", ".pth": "state-dict"}
+FORMATS = ("torchscript", "torch-export", "state-dict", "hf-causal-lm")
+GENERATIVE_FORMAT = "hf-causal-lm"
+
 UrlOpt = Annotated[
     str | None,
     typer.Option(
@@ -119,6 +124,29 @@ class _Registry:
 
 def _connect(url: str | None, token: str | None, data_dir: Path | None) -> _Registry:
     return _Registry(url, token, data_dir)
+
+
+def artifact_format(path: Path) -> str | None:
+    """The format of an artifact on disk, or None when it is not one the registry names.
+
+    A file by its suffix (.pt TorchScript, .pt2 torch.export, .pth state_dict); a directory whose
+    ``config.json`` names an architecture ending in ``ForCausalLM`` is a Hugging Face causal LM.
+    """
+    if path.is_file():
+        return FORMAT_BY_SUFFIX.get(path.suffix)
+    config = path / "config.json"
+    if not (path.is_dir() and config.is_file()):
+        return None
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    architectures = data.get("architectures") if isinstance(data, dict) else None
+    if isinstance(architectures, list) and any(
+        isinstance(a, str) and a.endswith("ForCausalLM") for a in architectures
+    ):
+        return GENERATIVE_FORMAT
+    return None
 
 
 def _print_json(value: Any) -> None:
@@ -238,9 +266,25 @@ def versions_create(
     artifact: Annotated[
         Path | None,
         typer.Option(
-            help="Upload this file as the artifact (.pt TorchScript, .pt2 torch.export program, .pth).",
+            help="Upload this file as the artifact (.pt TorchScript, .pt2 torch.export program, .pth), "
+            "or this directory (a Hugging Face model folder: every file, names starting with '.' left out).",
             exists=True,
-            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            help="Hugging Face pipeline task, such as text-generation (default: text-generation for an "
+            "hf-causal-lm directory).",
+            show_default=False,
+        ),
+    ] = None,
+    format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help=f"The artifact's format: {', '.join(FORMATS)} (default: read from --artifact).",
             show_default=False,
         ),
     ] = None,
@@ -265,10 +309,26 @@ def versions_create(
     records its tensors); it cannot be changed later, and the operator serves only versions with one.
     """
     from modelplane.cli import signatures
+    from modelplane.registry_client import manifest, validation
 
+    if format is not None and format not in FORMATS:
+        raise _fail(f"--format {format!r} is not one of {', '.join(FORMATS)} (no version was created)")
+    if task is not None:
+        try:
+            validation.check_task(task)
+        except ValueError as exc:
+            raise _fail(f"--task {task!r}: {exc} (no version was created)") from None
+    if artifact is not None and artifact.is_dir():
+        try:
+            manifest.directory_files(artifact)
+        except manifest.ManifestError as exc:
+            raise _fail(f"{exc} (no version was created)") from None
+    fmt = format if format is not None else (artifact_format(artifact) if artifact is not None else None)
+    if task is None and fmt == GENERATIVE_FORMAT:
+        task = "text-generation"
     try:
         sig = signatures.parse_signature(signature) if signature is not None else None
-        if sig is None and artifact is not None:
+        if sig is None and artifact is not None and artifact.is_file():
             sig = signatures.infer_signature(artifact)
         if sig is not None:
             signatures.check_servable(sig)
@@ -282,13 +342,21 @@ def versions_create(
     with _connect(url, token, data_dir) as reg:
         v = reg.run(
             lambda: reg.client.create_version(
-                name, description=description, source=source, framework=framework, signature=sig
+                name,
+                description=description,
+                source=source,
+                framework=framework,
+                signature=sig,
+                task=task,
+                format=fmt,
             )
         )
         if artifact is not None:
             v = _upload(reg, name, v.version, artifact)
         _print_json(v)
-    if artifact is not None and artifact.suffix == ".pth":
+    if fmt == GENERATIVE_FORMAT:
+        return  # a generative model is served from its directory: no tensor signature to give
+    if artifact is not None and artifact.is_file() and artifact.suffix == ".pth":
         _warn(
             f"{artifact.name} is a state_dict, which the runtime builds into a model only with a "
             "module_class configuration parameter that a registry version does not carry: to serve the "
@@ -316,7 +384,7 @@ def _unservable_warning(name: str, version: int, artifact: Path | None) -> str:
 
     why = (
         "a TorchScript file does not record its tensors' names, datatypes and shapes"
-        if artifact is not None and artifact.suffix == ".pt"
+        if artifact is not None and artifact.is_file() and artifact.suffix == ".pt"
         else "it was created without --signature"
     )
     again = f" --artifact {shlex.quote(str(artifact))}" if artifact is not None else ""
@@ -330,13 +398,18 @@ def _unservable_warning(name: str, version: int, artifact: Path | None) -> str:
     )
 
 
+_COLUMNS = (
+    "[progress.description]{task.description}",
+    BarColumn(),
+    DownloadColumn(),
+    TransferSpeedColumn(),
+)
+
+
 def _upload(reg: _Registry, name: str, version: int, path: Path) -> Any:
-    columns = (
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-    )
+    if path.is_dir():
+        return _upload_directory(reg, name, version, path)
+    columns = _COLUMNS
     with Progress(*columns, console=err_console) as progress:
         task = progress.add_task(f"upload {path.name}", total=path.stat().st_size)
         return reg.run(
@@ -346,16 +419,48 @@ def _upload(reg: _Registry, name: str, version: int, path: Path) -> Any:
         )
 
 
+def _upload_directory(reg: _Registry, name: str, version: int, path: Path) -> Any:
+    """Hash every file, then upload the ones the registry lacks (resuming) and commit."""
+    from modelplane.registry_client import manifest
+
+    try:
+        found = manifest.directory_files(path)
+    except manifest.ManifestError as exc:
+        raise _fail(str(exc)) from None
+    total = sum(full.stat().st_size for _, full in found)
+    with Progress(*_COLUMNS, console=err_console) as progress:
+        hashing = progress.add_task(f"hash {path.name} ({len(found)} files)", total=total)
+        sending = progress.add_task(f"upload {path.name}", total=total)
+
+        def on_file(file_path: str, size: int) -> None:
+            progress.update(sending, description=f"upload {path.name}/{escape(file_path)}")
+
+        def run() -> Any:
+            return reg.client.upload_directory(
+                name,
+                version,
+                path,
+                progress=lambda n: progress.advance(sending, n),
+                on_file=on_file,
+                hash_progress=lambda n: progress.advance(hashing, n),
+            )
+
+        result = reg.run(run)
+        progress.update(sending, description=f"upload {path.name} ({len(found)} files)")
+        return result
+
+
 @versions_app.command("upload")
 def versions_upload(
     name: str,
     version: int,
-    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+    path: Annotated[Path, typer.Argument(exists=True)],
     url: UrlOpt = None,
     token: TokenOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Upload a version's artifact (sha256 computed here and checked by the registry)."""
+    """Upload a version's artifact: a file, or a directory file by file (sha256 computed here and
+    checked by the registry; an interrupted directory upload resumes where it stopped)."""
     with _connect(url, token, data_dir) as reg:
         _print_json(_upload(reg, name, version, path))
 
@@ -369,15 +474,27 @@ def versions_download(
     token: TokenOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Download a version's artifact to DEST, verifying its sha256."""
+    """Download a version's artifact to DEST, verifying its sha256 (a directory artifact: into the
+    directory DEST, every file's sha256 and the manifest digest verified)."""
     with _connect(url, token, data_dir) as reg:
         info = reg.run(lambda: reg.client.get_version(name, version)).artifact
-        columns = (
-            "[progress.description]{task.description}",
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-        )
+        if info is not None and info.kind == "directory":
+            if dest.exists() and not dest.is_dir():
+                raise _fail(f"{dest} is not a directory; {name}/{version} is a directory artifact")
+            with Progress(*_COLUMNS, console=err_console) as progress:
+                task = progress.add_task(f"download {name}/{version}", total=info.size)
+
+                def on_file(file_path: str, size: int) -> None:
+                    progress.update(task, description=f"download {name}/{version}: {escape(file_path)}")
+
+                listing = reg.run(
+                    lambda: reg.client.download_directory(
+                        name, version, dest, progress=lambda n: progress.advance(task, n), on_file=on_file
+                    )
+                )
+            console.print(f"{dest}: {len(listing.files)} files, {info.size} bytes, {listing.digest}")
+            return
+        columns = _COLUMNS
         with Progress(*columns, console=err_console) as progress:
             task = progress.add_task(f"download {name}/{version}", total=info.size if info else None)
             got = reg.run(

@@ -10,16 +10,18 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+import urllib.parse
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel
 
-from modelplane.registry_client import schemas
+from modelplane.registry_client import manifest, schemas, validation
 
 ProgressFn = Callable[[int], None]
+FileFn = Callable[[str, int], None]
 M = TypeVar("M", bound=BaseModel)
 CHUNK = 1 << 20
 
@@ -208,33 +210,204 @@ class RegistryClient:
             raise RegistryClientError(
                 404, {"title": "No artifact", "detail": f"{name}/{version} has no artifact"}
             )
+        if info.kind == "directory":
+            raise RegistryClientError(
+                404,
+                {
+                    "title": "A directory artifact",
+                    "detail": f"{name}/{version} has a directory artifact: use download_directory",
+                },
+            )
+        self._download_to(f"/api/v1/models/{name}/versions/{version}/artifact", dest, info.digest, progress)
+        return info
+
+    def _download_to(self, url: str, dest: Path, digest: str | None, progress: ProgressFn | None) -> str:
+        """Stream ``url`` into ``dest`` atomically; its sha256 must be ``digest`` (or, when None, the
+        ``X-Checksum-Sha256`` the registry announces). Returns the digest."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         hasher = hashlib.sha256()
         fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=".download-")
         try:
-            with (
-                os.fdopen(fd, "wb") as out,
-                self._http.stream("GET", f"/api/v1/models/{name}/versions/{version}/artifact") as response,
-            ):
+            with os.fdopen(fd, "wb") as out, self._http.stream("GET", url) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise _error(response)
+                expected = digest or response.headers.get("X-Checksum-Sha256")
                 for chunk in response.iter_bytes(CHUNK):
                     hasher.update(chunk)
                     out.write(chunk)
                     if progress is not None:
                         progress(len(chunk))
             actual = "sha256:" + hasher.hexdigest()
-            if actual != info.digest:
+            if actual != expected:
                 raise RegistryClientError(
-                    502,
-                    {"title": "Digest mismatch", "detail": f"downloaded {actual}, expected {info.digest}"},
+                    502, {"title": "Digest mismatch", "detail": f"downloaded {actual}, expected {expected}"}
                 )
             os.replace(tmp_name, dest)
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)
             raise
-        return info
+        return actual
+
+    # --- directory artifacts ------------------------------------------------------------------
+
+    @staticmethod
+    def _file_url(name: str, version: int, path: str) -> str:
+        validation.check_file_path(path)
+        return f"/api/v1/models/{name}/versions/{version}/files/{urllib.parse.quote(path, safe='/')}"
+
+    def list_files(self, name: str, version: int) -> schemas.FileList:
+        """The files of a directory artifact (staged ones too, before the commit), sorted by path."""
+        return self._typed(schemas.FileList, "GET", f"/api/v1/models/{name}/versions/{version}/files")
+
+    def upload_file(
+        self,
+        name: str,
+        version: int,
+        path: str,
+        local: Path,
+        sha256: str | None = None,
+        progress: ProgressFn | None = None,
+    ) -> schemas.FileEntry:
+        """Upload ``local`` as the file ``path`` of a directory artifact (``sha256``: hex, or computed)."""
+        digest = sha256 or manifest.sha256_file(local)
+
+        def body() -> Iterator[bytes]:
+            with local.open("rb") as f:
+                while chunk := f.read(CHUNK):
+                    if progress is not None:
+                        progress(len(chunk))
+                    yield chunk
+
+        return self._typed(
+            schemas.FileEntry,
+            "PUT",
+            self._file_url(name, version, path),
+            content=body(),
+            headers={
+                "X-Checksum-Sha256": "sha256:" + digest,
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(local.stat().st_size),
+            },
+        )
+
+    def commit_files(
+        self, name: str, version: int, files: Sequence[schemas.FileEntry], dirname: str | None = None
+    ) -> schemas.VersionPublic:
+        """Make the uploaded files the version's directory artifact (READY); they must match exactly."""
+        body: dict[str, Any] = {"files": [f.model_dump(mode="json") for f in files]}
+        if dirname is not None:
+            body["name"] = dirname
+        return self._typed(
+            schemas.VersionPublic, "POST", f"/api/v1/models/{name}/versions/{version}/files:commit", json=body
+        )
+
+    def upload_directory(
+        self,
+        name: str,
+        version: int,
+        directory: Path,
+        progress: ProgressFn | None = None,
+        *,
+        on_file: FileFn | None = None,
+        hash_progress: ProgressFn | None = None,
+    ) -> schemas.VersionPublic:
+        """Upload a directory as the version's artifact, resuming where an earlier upload stopped.
+
+        Hashes every file (``manifest.scan_directory``: names starting with '.' are left out), asks
+        the registry what it already has, uploads only the missing files (``progress`` gets the bytes
+        of each file as it goes, skipped files at once; ``on_file`` the path and size of each file
+        uploaded) and commits; the version is READY with the directory's manifest digest.
+        """
+        entries = manifest.scan_directory(directory, hash_progress)
+        listing = self.list_files(name, version)
+        stored = {f.path: f for f in listing.files}
+        for entry in entries:
+            if stored.get(entry.path) == entry:
+                if progress is not None:
+                    progress(entry.size)
+                continue
+            if on_file is not None:
+                on_file(entry.path, entry.size)
+            local = directory.joinpath(*entry.path.split("/"))
+            self.upload_file(name, version, entry.path, local, entry.sha256, progress)
+        dirname: str | None = directory.resolve().name
+        try:
+            validation.check_filename(dirname or "")
+        except ValueError:
+            dirname = None
+        return self.commit_files(name, version, entries, dirname)
+
+    def download_file(
+        self,
+        name: str,
+        version: int,
+        path: str,
+        dest: Path,
+        sha256: str | None = None,
+        progress: ProgressFn | None = None,
+    ) -> str:
+        """Download one file of a directory artifact to ``dest`` atomically, verifying its sha256
+        (``sha256`` hex, or the digest the registry announces); returns ``sha256:<hex>``."""
+        return self._download_to(
+            self._file_url(name, version, path), dest, "sha256:" + sha256 if sha256 else None, progress
+        )
+
+    def download_directory(
+        self,
+        name: str,
+        version: int,
+        dest: Path,
+        progress: ProgressFn | None = None,
+        *,
+        on_file: FileFn | None = None,
+    ) -> schemas.FileList:
+        """Download a version's directory artifact into ``dest``, verifying every file's sha256 and the
+        manifest digest against the version's artifact digest.
+
+        Files already in ``dest`` with the right sha256 are kept (a resumed download); other files
+        in ``dest`` are left alone.
+        """
+        info = self.get_version(name, version).artifact
+        if info is None or info.kind != "directory":
+            what = "no artifact" if info is None else "a single-file artifact (use download_artifact)"
+            raise RegistryClientError(
+                404, {"title": "No directory artifact", "detail": f"{name}/{version} has {what}"}
+            )
+        listing = self.list_files(name, version)
+        if not listing.committed or listing.digest != info.digest:
+            raise RegistryClientError(
+                502,
+                {"title": "Digest mismatch", "detail": f"the file list of {name}/{version} is not committed"},
+            )
+        actual = manifest.manifest_digest(listing.files)
+        if actual != info.digest:
+            raise RegistryClientError(
+                502,
+                {
+                    "title": "Digest mismatch",
+                    "detail": f"the file list of {name}/{version} hashes to {actual}, not {info.digest}",
+                },
+            )
+        root = dest.resolve()
+        for entry in listing.files:
+            target = root.joinpath(*entry.path.split("/"))
+            if not target.resolve().is_relative_to(root):
+                raise RegistryClientError(
+                    502, {"title": "Bad path", "detail": f"{entry.path!r} leaves {root}"}
+                )
+            if (
+                target.is_file()
+                and target.stat().st_size == entry.size
+                and manifest.sha256_file(target) == entry.sha256
+            ):
+                if progress is not None:
+                    progress(entry.size)
+                continue
+            if on_file is not None:
+                on_file(entry.path, entry.size)
+            self.download_file(name, version, entry.path, target, entry.sha256, progress)
+        return listing
 
     # --- aliases ------------------------------------------------------------------------------
 

@@ -12,10 +12,13 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from modelplane.registry_client import validation
+from modelplane.registry_client.manifest import FileEntry as FileEntry  # re-exported here
 
 VersionStatus = Literal["PENDING", "READY", "FAILED"]
 Scope = Literal["read", "write", "admin"]
 EventName = Literal["version.created", "version.ready", "alias.moved"]
+ArtifactFormat = Literal["torchscript", "torch-export", "state-dict", "hf-causal-lm"]
+ArtifactKind = Literal["file", "directory"]
 Datatype = Literal[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
     "FP16", "FP32", "FP64", "BF16", "BYTES",
@@ -41,6 +44,11 @@ AliasName = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(va
 TagKey = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(validation.check_tag_key)]
 Source = Annotated[
     str, Field(min_length=1, max_length=validation.MAX_SOURCE_LENGTH), AfterValidator(validation.check_source)
+]
+Task = Annotated[
+    str,
+    Field(min_length=1, max_length=64, pattern=validation.TASK_PATTERN),
+    AfterValidator(validation.check_task),
 ]
 Tags = Annotated[dict[TagKey, TagValue], Field(max_length=100)]
 Metric = Annotated[float, Field(allow_inf_nan=False)]
@@ -122,6 +130,14 @@ class VersionCreate(Strict):
     metrics: Annotated[dict[TagKey, Metric], Field(max_length=1000)] = Field(default_factory=dict)
     params: Annotated[dict[TagKey, TagValue], Field(max_length=1000)] = Field(default_factory=dict)
     tags: Tags = Field(default_factory=dict)
+    task: Task | None = Field(
+        default=None, description="Hugging Face pipeline task, such as 'text-generation' (a-z, 0-9, '-')"
+    )
+    format: ArtifactFormat | None = Field(
+        default=None,
+        description="What the artifact is: torchscript (.pt), torch-export (.pt2), state-dict (.pth) or "
+        "hf-causal-lm (a Hugging Face causal language model directory); never guessed by the registry",
+    )
 
 
 class VersionUpdate(Strict):
@@ -134,9 +150,11 @@ class VersionUpdate(Strict):
 
 
 class ArtifactInfo(BaseModel):
-    digest: str = Field(description="sha256:<64 hex>")
-    size: int
-    filename: str
+    digest: str = Field(description="sha256:<64 hex>; for a directory, the sha256 of its canonical manifest")
+    size: int = Field(description="bytes; for a directory, of all its files")
+    filename: str = Field(description="download name; for a directory, the name given at commit or ''")
+    kind: ArtifactKind = "file"
+    files: int = Field(default=1, description="how many files (1 for a single file)")
 
 
 class VersionPublic(BaseModel):
@@ -147,6 +165,8 @@ class VersionPublic(BaseModel):
     source: str | None
     run_id: str | None
     framework: str | None
+    task: str | None = None
+    format: ArtifactFormat | None = None
     signature: Signature | None
     metrics: dict[str, float]
     params: dict[str, str]
@@ -157,6 +177,23 @@ class VersionPublic(BaseModel):
     aliases: list[str]
     created_at: dt.datetime
     updated_at: dt.datetime
+
+
+class FileList(BaseModel):
+    """The files of a version's directory artifact, sorted by path (staged ones before the commit)."""
+
+    files: list[FileEntry]
+    digest: str | None = Field(description="The manifest digest 'sha256:<hex>', once committed; else null")
+    committed: bool
+
+
+class FilesCommit(Strict):
+    """The complete list of a directory artifact's files: the registry checks it against what is stored."""
+
+    files: list[FileEntry] = Field(description="Every file, exactly as uploaded (at most 10,000)")
+    name: (
+        Annotated[str, Field(min_length=1, max_length=255), AfterValidator(validation.check_filename)] | None
+    ) = Field(default=None, description="The directory's name, shown as the artifact's filename")
 
 
 # --- tags, aliases, deployments -----------------------------------------------------------------

@@ -15,6 +15,11 @@ ALIAS_PATTERN = r"^[a-z](?:[a-z0-9-]{0,62}[a-z0-9])?$"
 TAG_KEY_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,126}[A-Za-z0-9])?$"
 FILENAME_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,253}[A-Za-z0-9])?$"
 K8S_NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?$"
+TASK_PATTERN = r"^[a-z0-9-]{1,64}$"
+#: One segment of a file's path inside a directory artifact: a safe file name ('_' allowed first).
+PATH_SEGMENT_PATTERN = r"^[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,253}[A-Za-z0-9_-])?$"
+MAX_PATH_LENGTH = 512
+MAX_PATH_DEPTH = 8
 SOURCE_SCHEMES = frozenset({"runs", "models", "s3", "gs", "gcs", "azure", "hf", "oci", "http", "https"})
 MAX_SOURCE_LENGTH = 2048
 
@@ -23,6 +28,8 @@ _ALIAS_RE = re.compile(ALIAS_PATTERN)
 _TAG_KEY_RE = re.compile(TAG_KEY_PATTERN)
 _FILENAME_RE = re.compile(FILENAME_PATTERN)
 _K8S_NAME_RE = re.compile(K8S_NAME_PATTERN)
+_TASK_RE = re.compile(TASK_PATTERN)
+_PATH_SEGMENT_RE = re.compile(PATH_SEGMENT_PATTERN)
 
 
 def _no_dot_segments(value: str, what: str) -> None:
@@ -70,6 +77,47 @@ def check_filename(name: str) -> str:
         )
     _no_dot_segments(name, "artifact file name")
     return name
+
+
+def check_task(task: str) -> str:
+    """A Hugging Face pipeline task name such as 'text-generation': 1-64 of a-z, 0-9 and '-'."""
+    if not _TASK_RE.fullmatch(task):
+        raise ValueError("task must be 1-64 characters of lower-case letters, digits or '-'")
+    return task
+
+
+def check_file_path(path: str) -> str:
+    """The relative POSIX path of one file of a directory artifact, such as 'tokenizer/vocab.json'.
+
+    At most 512 characters and 8 segments; every segment a safe file name (letters, digits, '.',
+    '_' or '-', starting with a letter, digit or '_', not ending with '.', no '..'), so no leading
+    '/', no empty, '.' or '..' segment, no backslash, no control character: the path can never
+    leave the directory it is written into, on any operating system.
+    """
+    if not path:
+        raise ValueError("file path must not be empty")
+    if len(path) > MAX_PATH_LENGTH:
+        raise ValueError(f"file path must be at most {MAX_PATH_LENGTH} characters")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        raise ValueError("file path must not contain control characters")
+    if "\\" in path:
+        raise ValueError("file path must use '/' between segments, not backslashes")
+    if path.startswith("/"):
+        raise ValueError("file path must be relative (no leading '/')")
+    segments = path.split("/")
+    if len(segments) > MAX_PATH_DEPTH:
+        raise ValueError(f"file path must have at most {MAX_PATH_DEPTH} segments")
+    for segment in segments:
+        if not segment:
+            raise ValueError("file path must not contain an empty segment ('//' or a trailing '/')")
+        if segment in {".", ".."} or ".." in segment:
+            raise ValueError("file path must not contain '.' or '..' segments")
+        if not _PATH_SEGMENT_RE.fullmatch(segment):
+            raise ValueError(
+                f"file path segment {segment!r} must be letters, digits, '.', '_' or '-', "
+                "starting with a letter, digit or '_' and not ending with '.'"
+            )
+    return path
 
 
 def check_k8s_name(name: str) -> str:

@@ -49,6 +49,16 @@ ROUTES: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
         {"content": DATA, "headers": {"X-Checksum-Sha256": DIGEST}},
     ),
     ("GET", "/api/v1/models/{name}/versions/{version}/artifact"): ("read", {}),
+    ("PUT", "/api/v1/models/{name}/versions/{version}/files/{path}"): (
+        "write",
+        {"content": DATA, "headers": {"X-Checksum-Sha256": DIGEST}},
+    ),
+    ("GET", "/api/v1/models/{name}/versions/{version}/files"): ("read", {}),
+    ("GET", "/api/v1/models/{name}/versions/{version}/files/{path}"): ("read", {}),
+    ("POST", "/api/v1/models/{name}/versions/{version}/files:commit"): (
+        "write",
+        {"json": {"files": [{"path": "config.json", "sha256": DIGEST[7:], "size": len(DATA)}]}},
+    ),
     ("POST", "/api/v1/tokens"): ("admin", {"json": {"name": "{model}-tok", "scopes": ["read"]}}),
     ("GET", "/api/v1/tokens"): ("admin", {}),
     ("DELETE", "/api/v1/tokens/{token_id}"): ("admin", {}),
@@ -94,6 +104,7 @@ def concrete(path: str, model: str, tokens: dict[str, str]) -> str:
         alias="prod",
         token_id=tokens["token_id"],
         webhook_id=tokens["hook"],
+        path="config.json",
     )
 
 

@@ -73,7 +73,14 @@ def test_model_version_artifact_alias_flow(registry: RegistryProcess, tmp_path: 
         r = upload(http, "resnet", 1, data)
         assert r.status_code == 200, r.text
         assert r.json()["status"] == "READY"
-        assert r.json()["artifact"] == {"digest": sha(data), "size": len(data), "filename": "model.pt"}
+        assert r.json()["artifact"] == {
+            "digest": sha(data),
+            "size": len(data),
+            "filename": "model.pt",
+            "kind": "file",
+            "files": 1,
+        }
+        assert (r.json()["task"], r.json()["format"]) == (None, None)
         blob = registry.artifact_root / "sha256" / sha(data)[7:9] / sha(data)[9:]
         assert blob.read_bytes() == data
 
