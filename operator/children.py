@@ -13,7 +13,7 @@ from typing import Any
 
 from modelplane import __version__
 from modelplane.api import v1alpha1 as api
-from modelplane.api.labels import DEPLOYMENT_LABEL, ROLE_LABEL, VERSION_LABEL, Role
+from modelplane.api.labels import API_LABEL, API_OPENAI, DEPLOYMENT_LABEL, ROLE_LABEL, VERSION_LABEL, Role
 from modelplane.api.metrics import RUNTIME_IN_FLIGHT
 from modelplane.operator.gpus import GPU_RESOURCE, GPU_TAINT_KEY, gpu_node_affinity
 from modelplane.resolution.resolver import ServedVersion
@@ -35,6 +35,7 @@ class OperatorSettings:
 
     runtime_image: str = f"ghcr.io/modelplane/runtime:{__version__}"
     triton_image: str = "nvcr.io/nvidia/tritonserver:24.08-py3"
+    vllm_image: str = "vllm/vllm-openai:v0.11.0"  # runtime.name vllm: its OpenAI server
     #: Secret (key ``token``) in each model namespace that serving pods download artifacts with;
     #: None: no token (a registry that lets anyone read). The chart's default too.
     artifact_token_secret: str | None = ARTIFACT_TOKEN_SECRET
@@ -144,17 +145,16 @@ RESTRICTED_CONTAINER_SECURITY = {
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def runtime_containers(
-    spec: api.ModelDeploymentSpec, served: ServedVersion, settings: OperatorSettings
-) -> tuple[list[Manifest], list[Manifest]]:
-    """The init container that writes the model repository, and the serving container."""
+def _env(spec: api.ModelDeploymentSpec, served: ServedVersion, settings: OperatorSettings) -> list[Manifest]:
+    """The environment the init and serving containers share."""
     env: list[dict[str, Any]] = [
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-        {"name": "MODELPLANE_MODEL_CONFIG", "value": served.config_pbtxt},
         {"name": "HOME", "value": "/tmp"},  # noqa: S108 (an emptyDir: the root filesystem is read-only)
     ]
+    if served.config_pbtxt:
+        env.insert(3, {"name": "MODELPLANE_MODEL_CONFIG", "value": served.config_pbtxt})
     if settings.artifact_token_secret:
         env.append(
             {
@@ -170,33 +170,50 @@ def runtime_containers(
         }
         env.extend({"name": name, "valueFrom": cpu_limit} for name in THREAD_ENV)
     env.extend(e.model_dump(by_alias=True, exclude_none=True) for e in spec.runtime.env)
-    mounts = [
-        {"name": "model-repository", "mountPath": MODEL_REPOSITORY},
-        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108
-    ]
-    # The init container writes MODELPLANE_MODEL_CONFIG as NAME/config.pbtxt (with the artifact's
-    # URI and sha256 as parameters) and fetches the artifact into the cache the runtime reads.
-    prepare_args = [
-        "--model-repository",
-        MODEL_REPOSITORY,
-        "--name",
-        served.model_name,
-        "--version",
-        str(served.version or 1),
-    ]
-    image = spec.runtime.image or settings.runtime_image
-    init = {
+    return env
+
+
+MOUNTS = [
+    {"name": "model-repository", "mountPath": MODEL_REPOSITORY},
+    {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108
+]
+
+
+def _prepare_container(image: str, served: ServedVersion, env: list[Manifest], extra: list[str]) -> Manifest:
+    """The init container that writes the model into the repository volume before serving starts."""
+    return {
         "name": "prepare-model",
         "image": image,
         "command": ["modelplane", "prepare-model"],
-        "args": prepare_args,
+        "args": [
+            "--model-repository",
+            MODEL_REPOSITORY,
+            "--name",
+            served.model_name,
+            "--version",
+            str(served.version or 1),
+            *extra,
+        ],
         "env": env,
-        "volumeMounts": mounts,
+        "volumeMounts": MOUNTS,
         "securityContext": RESTRICTED_CONTAINER_SECURITY,
         # A failed download leaves its last log lines as the termination message, which the
         # ModelDeployment's conditions quote (the kubelet keeps at most 80 lines / 2 KiB).
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+
+
+def runtime_containers(
+    spec: api.ModelDeploymentSpec, served: ServedVersion, settings: OperatorSettings
+) -> tuple[list[Manifest], list[Manifest]]:
+    """The init container that writes the model repository, and the serving container."""
+    if served.kind == "generative":
+        return generative_containers(spec, served, settings)
+    env = _env(spec, served, settings)
+    image = spec.runtime.image or settings.runtime_image
+    # The init container writes MODELPLANE_MODEL_CONFIG as NAME/config.pbtxt (with the artifact's
+    # URI and sha256 as parameters) and fetches the artifact into the cache the runtime reads.
+    init = _prepare_container(image, served, env, [])
     args = [
         "--model-repository",
         MODEL_REPOSITORY,
@@ -229,17 +246,101 @@ def runtime_containers(
         "startupProbe": _probe("/v2/health/ready", period=2, failures=300),
         "readinessProbe": _probe("/v2/health/ready", period=2, failures=2),
         "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
-        "volumeMounts": mounts,
+        "volumeMounts": MOUNTS,
         "securityContext": RESTRICTED_CONTAINER_SECURITY,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     return [init], [container]
 
 
+def engine_args(spec: api.ModelDeploymentSpec, served: ServedVersion) -> list[str]:
+    """The engine's flags, in vLLM's names (which ``modelplane llm-runtime`` shares)."""
+    llm = spec.llm
+    args = [
+        "--served-model-name",
+        served.model_name,
+        "--max-num-seqs",
+        str(spec.batching.max_batch_size),
+        "--max-num-batched-tokens",
+        str(llm.max_num_batched_tokens),
+        "--dtype",
+        llm.dtype,
+        "--gpu-memory-utilization",
+        f"{llm.kv_cache_memory_fraction:g}",
+    ]
+    if llm.max_model_len is not None:
+        args += ["--max-model-len", str(llm.max_model_len)]
+    if not llm.enable_prefix_caching:
+        args.append("--no-enable-prefix-caching")
+    return args
+
+
+def generative_containers(
+    spec: api.ModelDeploymentSpec, served: ServedVersion, settings: OperatorSettings
+) -> tuple[list[Manifest], list[Manifest]]:
+    """A causal language model: the init container downloads its directory (every file checked
+    against the registry's list, whose digest is ``served.sha256``), then the generative engine
+    (``modelplane llm-runtime``) or vLLM's OpenAI server serves it on the HTTP port."""
+    env = _env(spec, served, settings)
+    model_dir = f"{MODEL_REPOSITORY}/{served.model_name}/{served.version or 1}"
+    fetch = ["--manifest-url", served.artifact_uri, "--digest", f"sha256:{served.sha256}"]
+    init = _prepare_container(settings.runtime_image, served, env, fetch)
+    if spec.runtime.name == "vllm":
+        image = spec.runtime.image or settings.vllm_image
+        command = ["vllm", "serve", model_dir, "--host", "0.0.0.0", "--port", str(HTTP_PORT)]  # noqa: S104
+        liveness = "/health"
+    else:
+        image = spec.runtime.image or settings.runtime_image
+        command = ["modelplane", "llm-runtime", model_dir, "--host", "$(POD_IP)", "--port", str(HTTP_PORT)]
+        liveness = "/v2/health/live"
+        llm = spec.llm
+        engine_only = ["--drain-timeout", str(settings.drain_seconds)]
+        engine_only += ["--drain-delay", str(settings.drain_delay_seconds)]
+        if llm.kv_cache_bytes is not None:
+            engine_only += ["--kv-cache-bytes", str(quantity_bytes(llm.kv_cache_bytes))]
+        if llm.quantization != "none":
+            engine_only += ["--quantization", llm.quantization]
+        command += engine_only
+    container: Manifest = {
+        "name": "runtime",
+        "image": image,
+        "command": command[:2],
+        "args": [*command[2:], *engine_args(spec, served), *spec.runtime.args],
+        "env": env,
+        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "resources": resources(spec),
+        # Loading the weights may take minutes; readiness follows the engine from then on.
+        "startupProbe": _probe("/health", period=2, failures=300),
+        "readinessProbe": _probe("/health", period=2, failures=2),
+        "livenessProbe": _probe(liveness, period=10, failures=3),
+        "volumeMounts": MOUNTS,
+        "securityContext": RESTRICTED_CONTAINER_SECURITY,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    return [init], [container]
+
+
+_QUANTITY_SUFFIXES = {
+    "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4,
+    "k": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
+}  # fmt: skip
+
+
+def quantity_bytes(quantity: str | int) -> int:
+    """A byte size in Kubernetes' quantity notation (``512Mi``, ``2G``, ``1048576``) as bytes."""
+    text = str(quantity)
+    for suffix, factor in _QUANTITY_SUFFIXES.items():
+        if text.endswith(suffix):
+            return int(float(text[: -len(suffix)]) * factor)
+    return int(float(text))
+
+
 def pod_labels(owner: Owner, served: ServedVersion, settings: OperatorSettings) -> dict[str, str]:
     labels = {**common_labels(owner, settings), ROLE_LABEL: served.role}
     if served.version is not None:
         labels[VERSION_LABEL] = str(served.version)
+    if served.kind == "generative":
+        labels[API_LABEL] = API_OPENAI  # the router speaks OpenAI's API to these pods
     return labels
 
 
@@ -330,7 +431,7 @@ def deployment(
                     "labels": labels,
                     "annotations": {
                         "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(METRICS_PORT),
+                        "prometheus.io/port": str(HTTP_PORT if served.kind == "generative" else METRICS_PORT),
                         "prometheus.io/path": "/metrics",
                     },
                 },

@@ -11,4 +11,9 @@ ROLE_LABEL = "modelplane.io/role"
 #: The registry version a serving pod runs (absent for a direct ``storageUri``).
 VERSION_LABEL = "modelplane.io/model-version"
 
+#: The API a serving pod speaks, where it is not the V2 protocol: ``openai`` for causal language
+#: models (the generative engine or vLLM), so the router routes ``/v1/*`` to it.
+API_LABEL = "modelplane.io/api"
+API_OPENAI = "openai"
+
 Role = Literal["stable", "canary", "shadow"]

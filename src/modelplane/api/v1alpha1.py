@@ -139,9 +139,12 @@ class ModelSpec(ModelSource):
 class RuntimeSpec(ApiModel):
     """The serving runtime of the pods."""
 
-    name: Literal["torch", "triton"] = Field(
+    name: Literal["torch", "triton", "vllm"] = Field(
         default="torch",
-        description="`torch`: Modelplane's V2 runtime. `triton`: an NVIDIA Triton Inference Server pod.",
+        description="`torch`: Modelplane's runtimes (the V2 runtime for tensor models, the generative "
+        "engine for causal language models). `triton`: an NVIDIA Triton Inference Server pod. `vllm`: "
+        "vLLM's OpenAI server, for causal language models (GPU pods), with arguments from `llm` and "
+        "`batching`.",
     )
     image: str | None = Field(
         default=None, max_length=512, description="Container image; the operator's default for the runtime."
@@ -297,11 +300,52 @@ class AutoscalingSpec(ApiModel):
 
 
 class BatchingSpec(ApiModel):
-    """Dynamic batching in the runtime."""
+    """Dynamic batching in the runtime; for a causal language model, the engine's batch."""
 
-    max_batch_size: int = Field(default=32, ge=1, le=4096, description="Largest batch the runtime assembles.")
+    max_batch_size: int = Field(
+        default=32,
+        ge=1,
+        le=4096,
+        description="Largest batch the runtime assembles; for a causal language model, the sequences "
+        "generated together (`max_num_seqs`).",
+    )
     max_latency_ms: float = Field(
         default=5.0, ge=0, le=10000, description="Longest a request waits for a batch."
+    )
+
+
+class LlmSpec(ApiModel):
+    """The generative engine's settings, used when the version is a causal language model."""
+
+    max_model_len: int | None = Field(
+        default=None,
+        ge=16,
+        le=1048576,
+        description="Prompt plus completion tokens; the model's own by default.",
+    )
+    max_num_batched_tokens: int = Field(
+        default=2048,
+        ge=16,
+        le=1048576,
+        description="Tokens computed in one engine step at most: prefill chunks, one per running sequence.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="`auto`: float32 on CPU, the checkpoint's dtype on a GPU."
+    )
+    kv_cache_memory_fraction: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="On a GPU, the share of the memory left after the weights for the KV cache.",
+    )
+    kv_cache_bytes: Quantity | None = Field(
+        default=None, description="The KV cache's size, e.g. `512Mi` (on CPU the default is 256Mi)."
+    )
+    enable_prefix_caching: bool = Field(
+        default=True, description="Share the KV cache of common prompt prefixes."
+    )
+    quantization: Literal["none", "int8"] = Field(
+        default="none", description="`int8`: weight-only int8 linear layers (the built-in engine)."
     )
 
 
@@ -327,6 +371,7 @@ class ModelDeploymentSpec(ApiModel):
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
+    llm: LlmSpec = Field(default_factory=LlmSpec)
     traffic: TrafficSpec = Field(default_factory=TrafficSpec)
     replicas: int = Field(
         default=1,

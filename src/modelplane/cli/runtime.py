@@ -85,6 +85,18 @@ def prepare_model(
         Path | None,
         typer.Option("--cache-dir", help="Artifact cache (default: REPOSITORY/.cache, as the runtime)."),
     ] = None,
+    manifest_url: Annotated[
+        str | None,
+        typer.Option(
+            "--manifest-url",
+            help="A directory artifact's file list (the registry's .../versions/V/files): download "
+            "every file into REPOSITORY/NAME/VERSION instead of writing a configuration.",
+        ),
+    ] = None,
+    digest: Annotated[
+        str | None,
+        typer.Option("--digest", help="With --manifest-url: the file list's digest, sha256:<hex>."),
+    ] = None,
 ) -> None:
     """Write a model's configuration into a repository and download its artifact (init container)."""
     import os
@@ -92,6 +104,20 @@ def prepare_model(
     from modelplane.serving.runtime.artifacts import ArtifactError
     from modelplane.serving.runtime.prepare import PrepareError
     from modelplane.serving.runtime.prepare import prepare_model as prepare
+
+    if manifest_url is not None:
+        from modelplane.serving.runtime.directory import fetch_directory
+
+        if digest is None:
+            raise typer.BadParameter("--manifest-url needs --digest sha256:<hex>", param_hint="--digest")
+        dest = model_repository / name / str(version)
+        try:
+            entries = fetch_directory(manifest_url, digest, dest)
+        except ArtifactError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(code=1) from exc
+        typer.echo(f"prepared {name} version {version}: {len(entries)} files in {dest}")
+        return
 
     config_text = os.environ.get(config_env)
     if not config_text:

@@ -53,7 +53,10 @@ class RegistryResolver:
             )
         digest = version.artifact.digest.removeprefix("sha256:")
         base = (self.artifact_base_url or self.base_url).rstrip("/")
-        artifact_uri = f"{base}/api/v1/models/{quote(name, safe='')}/versions/{version.version}/artifact"
+        version_url = f"{base}/api/v1/models/{quote(name, safe='')}/versions/{version.version}"
+        if version.format == "hf-causal-lm":
+            return self._generative(name, version, role, source, version_url, digest)
+        artifact_uri = f"{version_url}/artifact"
         signature = version.signature
         inputs = [Tensor(t.name, t.datatype, tuple(t.shape)) for t in (signature.inputs if signature else [])]
         outputs = [
@@ -78,6 +81,28 @@ class RegistryResolver:
         via = f" (alias {source.alias})" if source.alias else ""
         return Resolved(
             served=served, description=f"{name} version {version.version}{via}, sha256:{digest[:12]}"
+        )
+
+    @staticmethod
+    def _generative(
+        name: str, version: VersionPublic, role: Role, source: ModelSource, version_url: str, digest: str
+    ) -> Resolved:
+        """A causal language model: its directory, named by the digest of its file list."""
+        assert version.artifact is not None
+        if version.artifact.kind != "directory":
+            raise ResolutionError(
+                "ArtifactNotDirectory",
+                f"model {name!r} version {version.version} is a causal language model (format "
+                "hf-causal-lm) but its artifact is one file: upload the model's directory "
+                "(config.json, *.safetensors, tokenizer files) as the version's artifact",
+                temporary=False,
+            )
+        served = ServedVersion(role, name, version.version, f"{version_url}/files", digest, "", "generative")
+        via = f" (alias {source.alias})" if source.alias else ""
+        return Resolved(
+            served=served,
+            description=f"{name} version {version.version}{via}, a causal language model of "
+            f"{version.artifact.files} files, sha256:{digest[:12]}",
         )
 
     def _direct(self, name: str, source: ModelSource, role: Role, options: ServingOptions) -> Resolved:

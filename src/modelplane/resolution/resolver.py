@@ -10,22 +10,30 @@ spec change).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from modelplane.api.labels import Role
 from modelplane.api.v1alpha1 import ModelDeploymentSpec, ModelSource, ModelSpec
 
+ServedKind = Literal["tensor", "generative"]
+
 
 @dataclass(frozen=True)
 class ServedVersion:
-    """One resolved version to run: where its artifact is and what it is."""
+    """One resolved version to run: where its artifact is and what it is.
+
+    A ``tensor`` model is one file served by the V2 runtime with ``config_pbtxt``; a ``generative``
+    one is a Hugging Face model directory (``artifact_uri`` lists its files, ``sha256`` is the
+    digest of that list) served by the generative engine, with no tensor configuration.
+    """
 
     role: Role
     model_name: str
     version: int | None  # None for a direct storageUri
     artifact_uri: str
     sha256: str | None
-    config_pbtxt: str  # Triton model configuration the runtime serves it with
+    config_pbtxt: str  # Triton model configuration the runtime serves it with ("" for generative)
+    kind: ServedKind = "tensor"
 
 
 class ResolutionError(Exception):

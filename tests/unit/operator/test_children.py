@@ -240,3 +240,80 @@ def test_torch_threads_follow_the_cpu_limit_unless_the_user_sets_them() -> None:
     ]
     assert names.count("OMP_NUM_THREADS") == 1
     assert "MKL_NUM_THREADS" not in names
+
+
+LLM = ServedVersion(
+    "stable",
+    "chat",
+    2,
+    "http://registry/api/v1/models/chat/versions/2/files",
+    "c" * 64,
+    "",
+    kind="generative",
+)
+
+
+def _generative(children: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    deployment = by_kind(children)["Deployment"][0]
+    pod = deployment["spec"]["template"]
+    (init,) = pod["spec"]["initContainers"]
+    (runtime,) = pod["spec"]["containers"]
+    return pod, init, runtime
+
+
+def test_a_language_model_downloads_its_directory_then_runs_the_generative_engine() -> None:
+    md = spec(
+        batching={"maxBatchSize": 48},
+        llm={"maxModelLen": 4096, "dtype": "bfloat16", "kvCacheBytes": "512Mi", "enablePrefixCaching": False},
+        resources={"gpu": {"count": 1}},
+    )
+    pod, init, runtime = _generative(desired_children(OWNER, md, LLM, None, SETTINGS))
+    assert init["args"][-4:] == [
+        "--manifest-url",
+        "http://registry/api/v1/models/chat/versions/2/files",
+        "--digest",
+        "sha256:" + "c" * 64,
+    ]
+    assert runtime["command"] == ["modelplane", "llm-runtime"]
+    args = runtime["args"]
+    assert args[0] == "/models/chat/2"
+    flags = dict(zip(args[1::2], args[2::2], strict=False))
+    assert flags["--served-model-name"] == "chat"
+    assert flags["--max-num-seqs"] == "48"  # spec.batching is the engine's batch
+    assert flags["--dtype"] == "bfloat16"
+    assert flags["--max-model-len"] == "4096"
+    assert flags["--kv-cache-bytes"] == str(512 * 1024 * 1024)
+    assert "--no-enable-prefix-caching" in args
+    assert not any(e["name"] == "MODELPLANE_MODEL_CONFIG" for e in runtime["env"])
+    assert [p["name"] for p in runtime["ports"]] == ["http"]
+    assert runtime["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert pod["metadata"]["labels"]["modelplane.io/api"] == "openai"
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == "8000"
+    assert runtime["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_runtime_vllm_renders_vllms_openai_server_with_the_same_settings() -> None:
+    md = spec(runtime={"name": "vllm"}, batching={"maxBatchSize": 16}, llm={"kvCacheMemoryFraction": 0.8})
+    _, init, runtime = _generative(desired_children(OWNER, md, LLM, None, SETTINGS))
+    assert runtime["image"] == SETTINGS.vllm_image
+    assert init["image"] == SETTINGS.runtime_image  # the download is ours, whatever serves
+    assert runtime["command"] == ["vllm", "serve"]
+    args = runtime["args"]
+    assert args[:5] == ["/models/chat/2", "--host", "0.0.0.0", "--port", "8000"]
+    flags = dict(zip(args[5::2], args[6::2], strict=False))
+    assert flags == {
+        "--served-model-name": "chat",
+        "--max-num-seqs": "16",
+        "--max-num-batched-tokens": "2048",
+        "--dtype": "auto",
+        "--gpu-memory-utilization": "0.8",
+    }
+    assert runtime["livenessProbe"]["httpGet"]["path"] == "/health"
+
+
+def test_a_tensor_models_environment_keeps_its_order() -> None:
+    # A list in a different order is a change: upgrading the operator must not roll every pod.
+    (runtime,) = pod_spec(desired_children(OWNER, spec(), STABLE, None, SETTINGS))["containers"]
+    names = [e["name"] for e in runtime["env"]]
+    assert names[:5] == ["POD_IP", "POD_NAME", "POD_NAMESPACE", "MODELPLANE_MODEL_CONFIG", "HOME"]
+    assert names[5] == "MODELPLANE_ARTIFACT_TOKEN"
