@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from modelplane.cli.options import DrainDelay, DrainTimeout
+
 
 def llm_runtime(
     model: Annotated[
@@ -77,18 +79,8 @@ def llm_runtime(
     max_body_bytes: Annotated[
         int, typer.Option("--max-body-bytes", min=1, help="Largest accepted request body")
     ] = 16 * 1024 * 1024,
-    drain_timeout: Annotated[
-        float,
-        typer.Option("--drain-timeout", min=0.0, help="Seconds to let in-flight requests finish on SIGTERM"),
-    ] = 30.0,
-    drain_delay: Annotated[
-        float,
-        typer.Option(
-            "--drain-delay",
-            min=0.0,
-            help="Seconds to keep serving, reported not ready, after SIGTERM before refusing requests",
-        ),
-    ] = 0.0,
+    drain_timeout: DrainTimeout = 30.0,
+    drain_delay: DrainDelay = 0.0,
 ) -> None:
     """Serve a causal language model with continuous batching: OpenAI's API and Triton's generate."""
     from modelplane.serving.runtime.generative.config import EngineConfig

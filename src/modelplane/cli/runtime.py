@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from modelplane.cli.options import DrainDelay, DrainTimeout
+
 
 def runtime(
     model_repository: Annotated[
@@ -35,18 +37,8 @@ def runtime(
     interop_threads: Annotated[
         int | None, typer.Option("--interop-threads", min=1, help="torch inter-op threads")
     ] = None,
-    drain_timeout: Annotated[
-        float,
-        typer.Option("--drain-timeout", min=0.0, help="Seconds to let in-flight requests finish on SIGTERM"),
-    ] = 30.0,
-    drain_delay: Annotated[
-        float,
-        typer.Option(
-            "--drain-delay",
-            min=0.0,
-            help="Seconds to keep serving, reported not ready, after SIGTERM before refusing requests",
-        ),
-    ] = 0.0,
+    drain_timeout: DrainTimeout = 30.0,
+    drain_delay: DrainDelay = 0.0,
     cache_dir: Annotated[
         Path | None,
         typer.Option("--cache-dir", help="Where downloaded artifacts are kept (default: REPO/.cache)"),
