@@ -26,7 +26,18 @@ from setuptools import setup
 # `serving` folder is reached through its symlink, so mypyc names them `modelplane.serving...`).
 COMPILED_MODULES = [
     f"src/modelplane/serving/router/{name}.py"
-    for name in ("http_server", "upstream", "proxy", "dispatch", "balancing", "metrics", "paths", "routes")
+    for name in (
+        "http_server",
+        "upstream",
+        "proxy",
+        "dispatch",
+        "balancing",
+        "metrics",
+        "paths",
+        "routes",
+        "affinity",
+        "openai_api",
+    )
 ]
 
 

@@ -18,6 +18,19 @@ from functools import lru_cache
 from urllib.parse import urlsplit
 
 
+class EndpointLoad:
+    """What a generative runtime's ``/metrics`` said at one moment (read by the load scraper)."""
+
+    __slots__ = ("at", "kv_cache", "outstanding", "running", "waiting")
+
+    def __init__(self, waiting: float, running: float, kv_cache: float, at: float, outstanding: int) -> None:
+        self.waiting = waiting  # vllm:num_requests_waiting: requests queued for a batch slot
+        self.running = running  # vllm:num_requests_running: requests in the running batch
+        self.kv_cache = kv_cache  # vllm:kv_cache_usage_perc, 0..1
+        self.at = at  # time.monotonic() of the reading
+        self.outstanding = outstanding  # the router's own requests in flight to it at that moment
+
+
 @dataclass
 class Endpoint:
     """One ready backend (a runtime pod) and what the router knows about it."""
@@ -29,6 +42,7 @@ class Endpoint:
     consecutive_failures: int = 0
     ejections: int = 0
     ejected_until: float = 0.0
+    load: EndpointLoad | None = None  # generative runtimes: the last reading of their engine's load
 
     @property
     def authority(self) -> str:
@@ -94,6 +108,63 @@ def pick_endpoint(
         return candidates[0]
     a, b = rng.sample(candidates, 2)
     return a if a.outstanding <= b.outstanding else b
+
+
+LOAD_STALE_S = 3.0  # a reading older than this (three missed scrapes) is not used
+
+
+def load_score(
+    endpoint: Endpoint, now: float, stale_after_s: float = LOAD_STALE_S
+) -> tuple[float, float, float]:
+    """How loaded a generative endpoint is, lower is better, compared in order: requests waiting
+    for a batch slot, then requests at the engine (waiting plus running), then KV-cache use.
+
+    The engine's reading is up to a scrape interval old; the router's own in-flight count is exact.
+    So the requests the router sent it since the reading (or that finished since) are added to
+    what the reading said: ``delta = outstanding now - outstanding at the reading``. An engine that
+    had a queue queues each new request (``waiting + delta``); one that had none is taken to run
+    them. Its requests at the engine are never fewer than the router's own in flight. Without a
+    fresh reading (none yet, the scrape failed, or older than ``stale_after_s``) the score is the
+    router's in-flight count alone: least outstanding requests.
+    """
+    outstanding = endpoint.outstanding
+    load = endpoint.load
+    if load is None or now - load.at > stale_after_s:
+        return (0.0, float(outstanding), 0.0)
+    delta = outstanding - load.outstanding
+    waiting = max(0.0, load.waiting + delta) if load.waiting > 0 else 0.0
+    active = max(float(outstanding), load.waiting + load.running + delta)
+    return (waiting, active, load.kv_cache)
+
+
+def endpoint_load(endpoint: Endpoint, now: float, stale_after_s: float = LOAD_STALE_S) -> float:
+    """Requests at the endpoint's engine, estimated as :func:`load_score` does (its second figure)."""
+    return load_score(endpoint, now, stale_after_s)[1]
+
+
+def usable(endpoints: Sequence[Endpoint], now: float, exclude: Collection[str]) -> list[Endpoint]:
+    """Endpoints not excluded and not ejected (the ejected ones too when nothing else is left)."""
+    candidates = [e for e in endpoints if e.key not in exclude and e.available(now)]
+    return candidates or [e for e in endpoints if e.key not in exclude]
+
+
+def pick_least_loaded(
+    endpoints: Sequence[Endpoint], rng: random.Random, now: float, exclude: Collection[str] = ()
+) -> Endpoint | None:
+    """The endpoint with the lowest :func:`load_score` (a random one among equals, so idle
+    endpoints share the work instead of the first taking it all); a full scan: generative routes
+    have few, slow endpoints, and every one of them is worth comparing."""
+    best: list[Endpoint] = []
+    best_score = (0.0, 0.0, 0.0)
+    for endpoint in usable(endpoints, now, exclude):
+        score = load_score(endpoint, now)
+        if not best or score < best_score:
+            best, best_score = [endpoint], score
+        elif score == best_score:
+            best.append(endpoint)
+    if not best:
+        return None
+    return best[0] if len(best) == 1 else rng.choice(best)
 
 
 @dataclass(frozen=True)

@@ -178,6 +178,65 @@ class Dispatcher:
             502, f"model {model!r}: no endpoint answered ({last_error})", self.settings.retry_after_s
         )
 
+    async def dispatch_picking(
+        self,
+        model: str,
+        namespace: str | None,
+        sticky: str | None,
+        pick: Callable[[ModelRoute, list[Endpoint], float, set[str]], Endpoint | None],
+        call: Callable[[ModelRoute, Endpoint, str], Awaitable[T]],
+        unavailable: Callable[[T], bool],
+        failed: Callable[[T], bool],
+    ) -> Dispatched[T]:
+        """:meth:`dispatch` for a front end that chooses endpoints itself (the OpenAI front end:
+        least loaded, prefix affinity): the same lookup, activation, version split, retries, budget,
+        ejection and counting, with ``pick(route, endpoints, now, tried)`` in place of two random
+        choices. A separate method, so V2's requests keep their own path untouched."""
+        route = self.lookup(model, namespace)
+        if not route.ready():
+            if not route.scaled_to_zero:
+                raise RequestError(503, f"model {model!r} has no ready endpoint", self.settings.retry_after_s)
+            await self._await_activation(route)
+            route = self.lookup(model, namespace)
+        chosen = self._choose_version(route, sticky)
+        endpoints = route.endpoints.get(chosen, [])
+        self.budget.deposit()
+        tried: set[str] = set()
+        last_error = "no endpoint"
+        for attempt in range(self.settings.max_attempts):
+            now = time.monotonic()
+            endpoint = pick(route, endpoints, now, tried)
+            if endpoint is None:
+                break
+            if attempt > 0:
+                if not self.budget.try_withdraw(now):
+                    break
+                self.metrics.retries.labels(model=route.name).inc()
+            tried.add(endpoint.key)
+            self.begin_attempt(route, endpoint)
+            refused: str | None = None
+            try:
+                result = await call(route, endpoint, chosen)
+            except BackendUnavailableError as exc:
+                refused = f"{endpoint.key}: {exc}"
+            except RequestError:
+                self.record(route, endpoint, False, endpoints)
+                raise
+            finally:
+                self.end_attempt(route, endpoint)
+            if refused is not None:
+                last_error = refused
+                self.record(route, endpoint, False, endpoints)
+                continue
+            self.record(route, endpoint, not failed(result), endpoints)
+            if unavailable(result) and attempt + 1 < self.settings.max_attempts:
+                last_error = f"{endpoint.key} is unavailable"
+                continue
+            return Dispatched(result, route, chosen)
+        raise RequestError(
+            502, f"model {model!r}: no endpoint answered ({last_error})", self.settings.retry_after_s
+        )
+
     def begin_attempt(self, route: ModelRoute, endpoint: Endpoint) -> None:
         """A request is now in flight to ``endpoint``: count it (balancing, gauges, integrator)."""
         endpoint.outstanding += 1

@@ -29,9 +29,12 @@ import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import cast
+from typing import Protocol, cast
 
 import httptools
+
+from modelplane.serving.router.openai_api import error_body as openai_error_body
+from modelplane.serving.router.openai_api import is_openai_path
 
 log = logging.getLogger("modelplane.router.http")
 
@@ -72,6 +75,32 @@ class Response:
         self.headers = headers if headers is not None else []  # without content-length
 
 
+class BodyStream(Protocol):
+    """A body that arrives in pieces (a generation's server-sent events)."""
+
+    async def read(self) -> bytes:
+        """The next piece, as soon as there is one; b"" at the end. Raises when the body breaks off."""
+        ...
+
+    def close(self) -> None:
+        """Called once the answer is written, or abandoned (the client left): release the source."""
+        ...
+
+
+class StreamingResponse(Response):
+    """An answer whose body is written piece by piece as it arrives (chunked), never buffered.
+
+    A client that leaves cancels the handler's task, which closes the stream; a body that breaks
+    off midway ends the connection without the last chunk, so the client sees it incomplete.
+    """
+
+    __slots__ = ("stream",)
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], stream: BodyStream) -> None:
+        super().__init__(status, b"", headers)
+        self.stream = stream
+
+
 Handler = Callable[[Request], Awaitable[Response]]
 # Takes a request and answers it later through the given function, from whatever callback the
 # answer arrives in; returns False (and does nothing) for a request it leaves to the `Handler`.
@@ -96,6 +125,28 @@ def internal_error(request: Request) -> Response:
 
 
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+
+
+def rejection_response(path: bytes, status: int, message: str) -> Response:
+    """A request refused before it reached a handler: in OpenAI's error form on its API paths."""
+    if is_openai_path(path):
+        return Response(status, openai_error_body(status, message), [(b"content-type", b"application/json")])
+    return error_response(status, message)
+
+
+def encode_stream_head(
+    status: int, headers: list[tuple[bytes, bytes]], chunked: bool, keep_alive: bool
+) -> bytes:
+    """The head of a streamed answer: chunked, or delimited by the connection's close."""
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
+    for name, value in headers:
+        parts.append(name + b": " + value + b"\r\n")
+    if chunked:
+        parts.append(b"transfer-encoding: chunked\r\n")
+    if not keep_alive:
+        parts.append(b"connection: close\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 def encode_response(response: Response, keep_alive: bool, head_only: bool = False) -> bytes:
@@ -299,7 +350,50 @@ class HttpConnection(asyncio.Protocol):
             raise
         except Exception:
             response = internal_error(request)
+        if isinstance(response, StreamingResponse):
+            await self._stream(response)
+            return
         self._answer(response)
+
+    async def _stream(self, response: StreamingResponse) -> None:
+        """Write a streamed answer, then take up what comes next (or close, if it broke off)."""
+        keep_alive = self._keep_alive and not self.server.draining
+        try:
+            complete = await self._write_stream(response, keep_alive)
+        except asyncio.CancelledError:  # the client left: the stream is closed below
+            self.server.finished()
+            raise
+        finally:
+            response.stream.close()
+        self.server.finished()
+        self._next(keep_alive and complete)
+
+    async def _write_stream(self, response: StreamingResponse, keep_alive: bool) -> bool:
+        """Each piece as it arrives: chunked on a kept connection, else delimited by the close.
+        False when the answer could not be completed (the body broke off, the client went away)."""
+        transport = self.transport
+        if transport is None or self.closing:
+            return False
+        chunked = keep_alive
+        transport.write(encode_stream_head(response.status, response.headers, chunked, keep_alive))
+        if self._head:
+            return True
+        stream = response.stream
+        try:
+            while chunk := await stream.read():
+                if transport.is_closing():  # the client left
+                    return False
+                transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                if not self._writable.is_set():  # the client reads slowly: so does the backend
+                    await self._writable.wait()
+        except Exception as exc:  # the body broke off: nothing more can be said in this answer
+            log.warning("streamed answer broke off: %s", exc or type(exc).__name__)
+            return False
+        if transport.is_closing():
+            return False
+        if chunked:
+            transport.write(b"0\r\n\r\n")
+        return True
 
     def _answer(self, response: Response) -> None:
         """Write the answer to the request being handled, then take up what comes next."""
@@ -374,7 +468,7 @@ class HttpConnection(asyncio.Protocol):
         if self.active:  # a pipelined request went bad: answer the earlier ones first
             self._rejection = (status, message)
             return
-        transport.write(encode_response(error_response(status, message), keep_alive=False))
+        transport.write(encode_response(rejection_response(self._url, status, message), keep_alive=False))
         self.closing = True
         self._disarm()
         if transport.can_write_eof():

@@ -4,7 +4,11 @@
   model may be scaled to zero (then requests wait for activation instead of failing).
 - EndpointSlices give the ready addresses (readiness as the kubelet and the EndpointSlice
   controller decide it, terminating endpoints excluded).
-- Pods give each address its role and model version (through the slice's ``targetRef``).
+- Pods give each address its role and model version (through the slice's ``targetRef``), and
+  whether it serves the OpenAI API: the label ``modelplane.io/api: openai`` marks a generative
+  runtime, whose route is then balanced by its engines' load (:data:`modelplane.api.labels.API_LABEL`).
+- The annotation ``modelplane.io/prefix-affinity: "true"`` on a ModelDeployment turns on prefix
+  affinity for its ``/v1`` requests (:data:`PREFIX_AFFINITY_ANNOTATION`).
 
 Three informers (list + resumable watch) keep caches current; every change recomputes the whole
 table from the caches with :func:`build_routes`, a pure function. Activation of a scaled-to-zero
@@ -21,7 +25,7 @@ from collections.abc import Mapping
 from pydantic import ValidationError
 
 from modelplane.api import v1alpha1 as api
-from modelplane.api.labels import DEPLOYMENT_LABEL, ROLE_LABEL, VERSION_LABEL
+from modelplane.api.labels import API_LABEL, API_OPENAI, DEPLOYMENT_LABEL, ROLE_LABEL, VERSION_LABEL
 from modelplane.informer import Informer
 from modelplane.kube import KubeApi, KubeError, Manifest
 from modelplane.serving.router.balancing import Backend, Endpoint
@@ -31,6 +35,8 @@ from modelplane.serving.router.routes import ModelRoute
 log = logging.getLogger("modelplane.router")
 
 DEFAULT_VERSION = "1"  # a storageUri model without a registry version is served as version 1
+# Set by the operator on the pods of generative runtimes (to move to modelplane.api.labels with it).
+PREFIX_AFFINITY_ANNOTATION = "modelplane.io/prefix-affinity"
 
 
 def _ports(slice_: Manifest) -> dict[str, int]:
@@ -51,6 +57,7 @@ def build_routes(
             log.warning("ModelDeployment %s has an invalid spec; not routing it", key)
             continue
         by_role: dict[str, tuple[str, list[Endpoint]]] = {}
+        generative = False
         for slice_ in slices.values():
             meta = slice_.get("metadata", {})
             if meta.get("namespace") != namespace or meta.get("labels", {}).get(DEPLOYMENT_LABEL) != name:
@@ -66,6 +73,7 @@ def build_routes(
                 labels = pod_labels.get(f"{namespace}/{ref.get('name', '')}")
                 if labels is None or not endpoint.get("addresses"):
                     continue
+                generative = generative or labels.get(API_LABEL) == API_OPENAI
                 role = labels.get(ROLE_LABEL, "stable")
                 version = labels.get(VERSION_LABEL, DEFAULT_VERSION)
                 address = endpoint["addresses"][0]
@@ -77,6 +85,7 @@ def build_routes(
                         key=f"{address}:{ports['http']}", http=f"http://{host}:{ports['http']}", grpc=grpc
                     )
                 )
+        annotations = (md.get("metadata") or {}).get("annotations") or {}
         canary_percent = spec.traffic.canary.percent if spec.traffic.canary and "canary" in by_role else 0
         backends: list[Backend] = []
         endpoints: dict[str, list[Endpoint]] = {}
@@ -100,6 +109,8 @@ def build_routes(
             shadow=shadow,
             scaled_to_zero=spec.autoscaling.min_replicas == 0,
             backend_model=spec.model.name,
+            generative=generative,
+            prefix_affinity=annotations.get(PREFIX_AFFINITY_ANNOTATION, "").lower() == "true",
         )
     return routes
 

@@ -80,11 +80,22 @@ def _sticky(request: Request) -> str | None:
     return value.decode("latin-1") if value is not None else None
 
 
-class HttpFrontEnd:
-    """Answers one parsed request (``handle``); ``close`` releases the backend connections."""
+# Answers a request that is not V2 (the OpenAI front end), or None to leave it to V2's 404.
+Fallback = Callable[[Request], Awaitable[Response | None]]
 
-    def __init__(self, dispatcher: Dispatcher, settings: HttpSettings | None = None) -> None:
+
+class HttpFrontEnd:
+    """Answers one parsed request (``handle``); ``close`` releases the backend connections.
+
+    Requests whose path is not a V2 one go to ``fallback`` (the OpenAI front end, ``/v1``), after
+    every V2 check: a V2 request never pays for it.
+    """
+
+    def __init__(
+        self, dispatcher: Dispatcher, settings: HttpSettings | None = None, fallback: Fallback | None = None
+    ) -> None:
         self.dispatcher = dispatcher
+        self.fallback = fallback
         self.metrics = dispatcher.metrics
         self.settings = settings or HttpSettings()
         self.draining = False
@@ -110,6 +121,11 @@ class HttpFrontEnd:
             return json_response(200, self._index())
         target = self._target(request)
         if target is None:
+            fallback = self.fallback
+            if fallback is not None:
+                answer = await fallback(request)
+                if answer is not None:
+                    return answer
             return error_response(404, f"no V2 model route for {path!r}; use /v2/models/NAME/...")
         try:
             done = await self.dispatcher.dispatch(

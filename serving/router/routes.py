@@ -36,6 +36,8 @@ class ModelRoute:
     shadow: Backend | None = None  # weight = percent of requests copied
     scaled_to_zero: bool = False  # no endpoints on purpose: buffer and activate, don't 404
     backend_model: str | None = None  # the runtime's name for the model, when it differs from `name`
+    generative: bool = False  # an OpenAI-API runtime: balanced by its engine's load (scraped)
+    prefix_affinity: bool = False  # /v1 requests sharing a prompt prefix prefer the same endpoint
 
     def ready(self) -> bool:
         return any(self.endpoints.get(b.version) for b in self.backends if b.weight > 0)
@@ -86,17 +88,51 @@ def parse_static_routes(document: Any) -> dict[str, ModelRoute]:
 
     Entries with the same version are endpoints of that version; ``weight`` is the version's share
     (its first entry's value counts); ``shadow`` (0 to 100) copies that percent of requests to it.
+
+    A model may instead be a mapping with its endpoints under ``endpoints`` and route-level fields:
+    ``generative: true`` (an OpenAI-API runtime, balanced by its engine's load), ``prefixAffinity:
+    true`` (``/v1`` requests sharing a prompt prefix prefer one endpoint) and ``backendModel: NAME``
+    (the name the runtime serves the model under, when it differs)::
+
+        models:
+          llama:
+            generative: true
+            prefixAffinity: true
+            endpoints:
+              - {http: "http://127.0.0.1:8000"}
     """
     if not isinstance(document, Mapping) or not isinstance(document.get("models"), Mapping):
         raise RoutesError("the routes file must be a mapping with a `models:` mapping")
     routes: dict[str, ModelRoute] = {}
-    for name, entries in document["models"].items():
+    for name, value in document["models"].items():
         if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
             raise RoutesError(f"invalid model name {name!r}")
+        entries = value.get("endpoints") if isinstance(value, Mapping) else value
         if not isinstance(entries, list) or not entries:
             raise RoutesError(f"model {name!r}: expected a non-empty list of endpoints")
-        routes[name] = _static_route(name, entries)
+        route = _static_route(name, entries)
+        if isinstance(value, Mapping):
+            _route_fields(route, value)
+        routes[name] = route
     return routes
+
+
+def _route_fields(route: ModelRoute, fields: Mapping[str, Any]) -> None:
+    where = f"model {route.name!r}"
+    unknown = set(fields) - {"endpoints", "generative", "prefixAffinity", "backendModel"}
+    if unknown:
+        raise RoutesError(f"{where}: unknown keys {sorted(unknown)}")
+    for key in ("generative", "prefixAffinity"):
+        if not isinstance(fields.get(key, False), bool):
+            raise RoutesError(f"{where}: `{key}` must be true or false")
+    backend_model = fields.get("backendModel")
+    if backend_model is not None and (
+        not isinstance(backend_model, str) or not MODEL_NAME.fullmatch(backend_model)
+    ):
+        raise RoutesError(f"{where}: `backendModel` must be a model name")
+    route.generative = bool(fields.get("generative", False))
+    route.prefix_affinity = bool(fields.get("prefixAffinity", False))
+    route.backend_model = backend_model
 
 
 def _static_route(name: str, entries: Iterable[Any]) -> ModelRoute:

@@ -26,7 +26,9 @@ from modelplane.serving.router.dispatch import Dispatcher, DispatchSettings
 from modelplane.serving.router.grpc_proxy import GrpcFrontEnd
 from modelplane.serving.router.http_server import HttpServer
 from modelplane.serving.router.kube_discovery import KubernetesDiscovery
+from modelplane.serving.router.load_scraper import LoadScraper
 from modelplane.serving.router.metrics import RouterMetrics
+from modelplane.serving.router.openai_proxy import OpenAIFrontEnd, OpenAISettings
 from modelplane.serving.router.proxy import HttpFrontEnd, HttpSettings
 from modelplane.serving.router.routes import ModelRoute, RouteTable
 from modelplane.serving.router.static_discovery import StaticDiscovery
@@ -45,6 +47,9 @@ class RouterSettings:
     queue_size: int = 100
     queue_timeout_s: float = 60.0
     drain_timeout_s: float = 30.0
+    load_scrape_interval_s: float = 1.0  # generative endpoints' /metrics, for least-loaded balancing
+    load_scrape_timeout_s: float = 0.5
+    prefix_chars: int = 256  # how much of a prompt decides prefix affinity
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,7 @@ def apply_routes(table: RouteTable, activation: ActivationQueue) -> Callable[[di
 
 
 class Router:
-    """The V2 router (HTTP and gRPC) over one discovery source."""
+    """The V2 router (HTTP and gRPC), and the OpenAI API's (``/v1``), over one discovery source."""
 
     def __init__(self, discovery: Discovery, settings: RouterSettings | None = None) -> None:
         self.discovery = discovery
@@ -89,11 +94,27 @@ class Router:
             DispatchSettings(default_namespace=settings.default_namespace),
         )
         self.apply = apply_routes(self.table, self.activation)
+        self.openai = OpenAIFrontEnd(
+            self.dispatcher,
+            OpenAISettings(
+                default_namespace=settings.default_namespace,
+                max_body_bytes=settings.max_body_bytes,
+                request_timeout_s=settings.request_timeout_s,
+                prefix_chars=settings.prefix_chars,
+            ),
+        )
+        self.load = LoadScraper(
+            self.table,
+            settings.load_scrape_interval_s,
+            settings.load_scrape_timeout_s,
+            registry=self.metrics.registry,
+        )
         self.http = HttpFrontEnd(
             self.dispatcher,
             HttpSettings(
                 max_body_bytes=settings.max_body_bytes, request_timeout_s=settings.request_timeout_s
             ),
+            fallback=self.openai.handle,
         )
         self.http_server = HttpServer(
             self.http.handle,
@@ -122,6 +143,7 @@ class Router:
         be bound (the gRPC port is never shared with another process).
         """
         await self.discovery.start(self.apply)
+        self.load.start()
         if http_socket is not None:
             await self.http_server.listen(sock=http_socket)
         else:
@@ -169,6 +191,8 @@ class Router:
             drains.append(self._grpc_server.stop(grace=timeout))
         await asyncio.gather(*drains)
         await self.http.close()
+        await self.openai.close()
+        await self.load.stop()
         await self.grpc_front.close()
         await self.discovery.stop()
 

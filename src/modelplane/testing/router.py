@@ -6,11 +6,14 @@ the discovery source). ``metric()`` reads one of its Prometheus metrics.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +23,7 @@ from typing import Any
 import httpx
 import numpy as np
 import yaml
+from aiohttp import web
 
 from modelplane.local.processes import die_with_parent, free_port
 
@@ -39,9 +43,14 @@ def output_of(response: httpx.Response) -> np.ndarray:
     return np.asarray(output["data"], dtype=np.float32).reshape(output["shape"])
 
 
-def write_routes(path: Path, models: Mapping[str, Sequence[Mapping[str, Any]]]) -> Path:
-    """Write a static routes file (``models: {NAME: [{version, http, grpc, weight, shadow}]}``)."""
-    path.write_text(yaml.safe_dump({"models": {name: list(entries) for name, entries in models.items()}}))
+def write_routes(path: Path, models: Mapping[str, Sequence[Mapping[str, Any]] | Mapping[str, Any]]) -> Path:
+    """Write a static routes file (``models: {NAME: [{version, http, grpc, weight, shadow}]}``; a
+    model may be a mapping ``{endpoints: [...], generative, prefixAffinity, backendModel}``)."""
+    document = {
+        name: dict(entries) if isinstance(entries, Mapping) else list(entries)
+        for name, entries in models.items()
+    }
+    path.write_text(yaml.safe_dump({"models": document}))
     return path
 
 
@@ -140,3 +149,190 @@ class RouterProcess:
             return self.log_path.read_text(errors="replace")[-chars:]
         except OSError:
             return ""
+
+
+class FakeOpenAIBackend:
+    """A generative runtime's OpenAI API, faked in a thread of its own (aiohttp): for router tests.
+
+    - ``POST /v1/completions`` and ``/v1/chat/completions`` answer JSON, or server-sent events when
+      ``"stream": true`` (two pieces of text, then ``data: [DONE]``), echoing the request's ``model``
+      as a runtime echoes its served name. A prompt (or first user message) starting ``PAUSE:``
+      streams its first event, then waits for :meth:`release` of that prompt before the rest;
+      :meth:`started`, :meth:`finished` and :meth:`disconnected` tell the test where it is.
+    - Each request's prompt prefix (its first ``prefix_chars`` characters) counts as a cache hit
+      when this backend has seen it before for the same model (``hits``/``misses`` by model).
+    - ``GET /metrics`` reports ``waiting``, ``running`` and ``kv_cache`` as vLLM's gauges.
+    """
+
+    def __init__(self, name: str = "backend", prefix_chars: int = 256) -> None:
+        self.name = name
+        self.prefix_chars = prefix_chars
+        self.port = 0
+        self.requests: list[dict[str, Any]] = []
+        self.hits: dict[str, int] = {}
+        self.misses: dict[str, int] = {}
+        self.metrics_reads = 0
+        self.waiting = 0.0
+        self.running = 0.0
+        self.kv_cache = 0.0
+        self._seen: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+        self._events: dict[tuple[str, str], threading.Event] = {}
+        self._gates: dict[str, asyncio.Event] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _event(self, kind: str, prompt: str) -> threading.Event:
+        with self._lock:
+            return self._events.setdefault((kind, prompt), threading.Event())
+
+    def started(self, prompt: str) -> threading.Event:
+        """Set once the paused stream of ``prompt`` has sent its first event."""
+        return self._event("started", prompt)
+
+    def finished(self, prompt: str) -> threading.Event:
+        """Set once the stream of ``prompt`` has sent its last event."""
+        return self._event("finished", prompt)
+
+    def disconnected(self, prompt: str) -> threading.Event:
+        """Set when the router closed the connection of ``prompt``'s paused stream."""
+        return self._event("disconnected", prompt)
+
+    def release(self, prompt: str) -> None:
+        """Let the paused stream of ``prompt`` go on."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(lambda: self._gate(prompt).set())
+
+    def _gate(self, prompt: str) -> asyncio.Event:
+        return self._gates.setdefault(prompt, asyncio.Event())
+
+    def hit_rate(self, model: str) -> tuple[int, int]:
+        """(hits, requests) for ``model`` on this backend."""
+        hits = self.hits.get(model, 0)
+        return hits, hits + self.misses.get(model, 0)
+
+    # -- the server ---------------------------------------------------------------------------------
+
+    def start(self) -> FakeOpenAIBackend:
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            loop.run_until_complete(self._serve())
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._shutdown())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name=f"fake-openai-{self.name}", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("the fake OpenAI backend did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    async def _serve(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/completions", self._generate)
+        app.router.add_post("/v1/chat/completions", self._generate)
+        app.router.add_get("/metrics", self._metrics)
+        # Cancel a handler when its client leaves, as the runtime aborts a generation.
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert isinstance(server, asyncio.Server)
+        self.port = server.sockets[0].getsockname()[1]
+
+    async def _shutdown(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        self.metrics_reads += 1
+        text = (
+            "# TYPE vllm:num_requests_waiting gauge\n"
+            f'vllm:num_requests_waiting{{model_name="m"}} {self.waiting}\n'
+            f'vllm:num_requests_running{{model_name="m"}} {self.running}\n'
+            f'vllm:kv_cache_usage_perc{{model_name="m"}} {self.kv_cache}\n'
+        )
+        return web.Response(text=text, content_type="text/plain")
+
+    @staticmethod
+    def prompt_of(payload: dict[str, Any]) -> str:
+        if "messages" in payload:
+            users = [m.get("content", "") for m in payload["messages"] if m.get("role") == "user"]
+            return str(users[0]) if users else ""
+        return str(payload.get("prompt", ""))
+
+    async def _generate(self, request: web.Request) -> web.StreamResponse:
+        payload = await request.json()
+        model = str(payload.get("model"))
+        prompt = self.prompt_of(payload)
+        self.requests.append(payload)
+        prefix = (model, prompt[: self.prefix_chars])
+        if prefix in self._seen:
+            self.hits[model] = self.hits.get(model, 0) + 1
+        else:
+            self._seen.add(prefix)
+            self.misses[model] = self.misses.get(model, 0) + 1
+        chat = request.path.endswith("/chat/completions")
+        pieces = ["Hello", " world"]
+        if not payload.get("stream"):
+            text = "".join(pieces)
+            choice: dict[str, Any] = (
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                if chat
+                else {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
+            )
+            return web.json_response(
+                {
+                    "id": "cmpl-1",
+                    "object": "chat.completion" if chat else "text_completion",
+                    "created": 0,
+                    "model": model,
+                    "choices": [choice],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+                    "served_by": self.name,
+                }
+            )
+        response = web.StreamResponse(
+            headers={"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
+        )
+        await response.prepare(request)
+        try:
+            for i, piece in enumerate(pieces):
+                delta: dict[str, Any] = (
+                    {"index": 0, "delta": {"content": piece}, "finish_reason": None}
+                    if chat
+                    else {"index": 0, "text": piece, "finish_reason": None, "logprobs": None}
+                )
+                chunk = {
+                    "id": "cmpl-1",
+                    "object": "chat.completion.chunk" if chat else "text_completion",
+                    "created": 0,
+                    "model": model,
+                    "choices": [delta],
+                }
+                await response.write(b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n")
+                if i == 0 and prompt.startswith("PAUSE:"):
+                    self.started(prompt).set()
+                    await self._gate(prompt).wait()
+            await response.write(b"data: [DONE]\n\n")
+            self.finished(prompt).set()
+        except (asyncio.CancelledError, ConnectionError):
+            self.disconnected(prompt).set()
+            raise
+        await response.write_eof()
+        return response
