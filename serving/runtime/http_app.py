@@ -177,20 +177,29 @@ class HttpApp:
                 payload, json_length = encode_response(name, str(model.version), request.id, outputs)
             except InferenceError as exc:
                 code = str(exc.status)
-                await _respond(send, exc.status, error_body(exc.message), _error_headers(exc.status))
+                headers = self._closing(_error_headers(exc.status))
+                await _respond(send, exc.status, error_body(exc.message), headers)
                 return
             code = "200"
             if json_length is None:
-                await _respond(send, 200, payload, _JSON)
+                await _respond(send, 200, payload, self._closing(_JSON))
             else:
                 headers = [
                     (b"content-type", _BINARY),
                     (b"inference-header-content-length", str(json_length).encode()),
                 ]
-                await _respond(send, 200, payload, headers)
+                await _respond(send, 200, payload, self._closing(headers))
         finally:
             self.metrics.request_finished(name, "http", code, time.perf_counter() - started)
             self.lifecycle.end()
+
+    def _closing(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """While draining, the answers to requests admitted before close their connections too: a
+        client would otherwise send its next request on a connection the server is about to close
+        (and lose it to the race), where a new connection gets a clear 503 or a refusal."""
+        if self.lifecycle.draining:
+            return [*headers, (b"connection", b"close")]
+        return headers
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         limit = self.max_body_bytes

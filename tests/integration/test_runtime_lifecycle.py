@@ -62,6 +62,9 @@ def test_sigterm_lets_inflight_requests_finish_and_refuses_new_ones(tmp_path: Pa
         for response in responses:
             assert response.status_code == 200, response.text
             np.testing.assert_allclose(response.json()["outputs"][0]["data"], want[0], rtol=1e-5, atol=1e-5)
+            # Answered while draining: the connection closes with it, so no client sends its next
+            # request on a connection the server is about to close.
+            assert response.headers.get("connection") == "close"
         assert server.process is not None
         assert server.process.wait(30) == 0
     finally:
