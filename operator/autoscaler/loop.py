@@ -2,7 +2,8 @@
 
 It runs as a kopf daemon per ModelDeployment with ``autoscaling.mode: builtin``. Each step reads
 the object, the routers' load for it (from the shared :class:`LoadCache`: the average concurrency
-over the last scrape interval, and the requests queued right now) and its pods, asks the
+over the last scrape interval, the requests queued right now and, for a generative model, its
+engines' queues as the routers last read them from its pods) and its pods, asks the
 pure :func:`decide` for the replicas, and writes them through the scale subresource, with an Event
 and the decision in ``status.autoscaler``. Without fresh metrics it does nothing: a scrape outage
 must never look like "no traffic" and scale a busy model to zero.
@@ -23,6 +24,7 @@ from pydantic import ValidationError
 from modelplane.api import v1alpha1 as api
 from modelplane.api.labels import DEPLOYMENT_LABEL, ROLE_LABEL
 from modelplane.autoscaling.decide import Decision, Settings
+from modelplane.autoscaling.load import ModelLoad
 from modelplane.autoscaling.scaler import PodCounts, Scaler
 from modelplane.kube import KubeClient, Manifest
 from modelplane.operator.autoscaler.scrape import LoadCache
@@ -79,16 +81,18 @@ class Autoscaler:
         decision = self.scaler.step(
             Settings.from_spec(spec.autoscaling), now, load, current, count_pods(pods)
         )
-        await self._write(body, current, decision)
+        await self._write(body, current, decision, load)
         return decision
 
-    async def _write(self, body: Manifest, current: int, decision: Decision) -> None:
+    async def _write(self, body: Manifest, current: int, decision: Decision, load: ModelLoad | None) -> None:
         status: dict[str, Any] = (body.get("status") or {}).get("autoscaler") or {}
         report = {
             "desiredReplicas": decision.desired,
             "metric": "concurrency",
             "observedConcurrency": round(decision.stable_concurrency, 2),
         }
+        if load is not None and load.engine_waiting is not None:
+            report["observedEngineWaiting"] = round(load.engine_waiting, 2)
         if decision.desired != current:
             await self.kube.patch_merge(
                 api.API_VERSION,

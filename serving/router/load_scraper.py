@@ -6,7 +6,9 @@ running batch and KV-cache use (``vllm:num_requests_waiting``, ``vllm:num_reques
 router's own in-flight count at that moment, for :func:`~.balancing.load_score`. Each read is
 bounded by ``timeout_s``; a failed read leaves the last reading to go stale, after which balancing
 falls back to the router's in-flight count. The readings are also exposed on the router's
-``/metrics`` (``modelplane_router_backend_*``, by endpoint) so operators see what it balances on.
+``/metrics`` (``modelplane_router_backend_*``, by endpoint) so operators see what it balances on,
+and summed per model (``modelplane_router_engine_requests_*``, see :meth:`LoadScraper.engine_load`)
+for the autoscaler, which thus learns the engines' queues without reading every pod itself.
 
 Interpreted, off the request path (one task per router).
 """
@@ -23,6 +25,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from modelplane.api.metrics import ROUTER_ENGINE_RUNNING, ROUTER_ENGINE_WAITING
 from modelplane.serving.router.balancing import Endpoint, EndpointLoad
 from modelplane.serving.router.openai_api import parse_engine_load
 from modelplane.serving.router.routes import RouteTable
@@ -61,6 +64,33 @@ class LoadScraper(Collector):
                     for endpoint in endpoints:
                         found.setdefault(endpoint.key, endpoint)
         return found
+
+    def max_age_s(self) -> float:
+        """How old a reading may be and still count in :meth:`engine_load`: three missed reads."""
+        return 3 * max(self.interval_s, self.timeout_s)
+
+    def engine_load(self, now: float) -> tuple[dict[str, float], dict[str, float]]:
+        """Waiting and running sequences per generative model, summed over its endpoints' fresh readings.
+
+        A model appears once at least one of its endpoints has a fresh reading; endpoints whose
+        reading is stale (or missing) add nothing, so a pod that stopped answering is not counted
+        as idle capacity with an empty queue, only left out.
+        """
+        waiting: dict[str, float] = {}
+        running: dict[str, float] = {}
+        for route in self.table.routes.values():
+            if not route.generative:
+                continue
+            seen: set[str] = set()
+            for endpoints in route.endpoints.values():
+                for endpoint in endpoints:
+                    load = endpoint.load
+                    if endpoint.key in seen or load is None or now - load.at > self.max_age_s():
+                        continue
+                    seen.add(endpoint.key)
+                    waiting[route.name] = waiting.get(route.name, 0.0) + load.waiting
+                    running[route.name] = running.get(route.name, 0.0) + load.running
+        return waiting, running
 
     async def scrape_once(self) -> None:
         endpoints = list(self.endpoints().values())
@@ -117,6 +147,30 @@ class LoadScraper(Collector):
         yield from self._families(include=True)
 
     def _families(self, include: bool) -> Iterator[Metric]:
+        yield from self._endpoint_families(include)
+        yield from self._model_families(include)
+
+    def _model_families(self, include: bool) -> Iterator[Metric]:
+        waiting = GaugeMetricFamily(
+            ROUTER_ENGINE_WAITING,
+            "Sequences waiting in a generative model's engines, summed over its pods as last read",
+            labels=["model"],
+        )
+        running = GaugeMetricFamily(
+            ROUTER_ENGINE_RUNNING,
+            "Sequences running in a generative model's engines, summed over its pods as last read",
+            labels=["model"],
+        )
+        if include:
+            waiting_by_model, running_by_model = self.engine_load(time.monotonic())
+            for model, value in waiting_by_model.items():
+                waiting.add_metric([model], value)
+            for model, value in running_by_model.items():
+                running.add_metric([model], value)
+        yield waiting
+        yield running
+
+    def _endpoint_families(self, include: bool) -> Iterator[Metric]:
         families = (
             GaugeMetricFamily(
                 "modelplane_router_backend_requests_waiting",

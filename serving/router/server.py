@@ -11,8 +11,9 @@ import asyncio
 import logging
 import signal
 import socket
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -127,7 +128,8 @@ class Router:
 
     def load_report(self) -> LoadReport:
         """Requests per model now, typed: what the load metrics on ``/metrics`` say."""
-        return self.metrics.load_report()
+        waiting, running = self.load.engine_load(time.monotonic())
+        return replace(self.metrics.load_report(), engine_waiting=waiting, engine_running=running)
 
     async def start(
         self,

@@ -437,6 +437,9 @@ class AutoscalerStatus(ApiModel):
     desired_replicas: int | None = None
     metric: str | None = None
     observed_concurrency: float | None = None
+    observed_engine_waiting: float | None = Field(
+        default=None, description="Generative models: sequences waiting in the pods' engines, last read."
+    )
     last_scale_time: str | None = None
     last_scale_reason: str | None = None
 

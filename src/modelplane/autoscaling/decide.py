@@ -18,6 +18,11 @@ The model:
   the lower recommendation has held for the scale-down delay;
 - with ``minReplicas: 0`` it scales to zero after the grace period without traffic, and back to
   one (or more) as soon as the router reports requests waiting;
+- generative models: when sequences keep waiting in the engines (the pods' ``waiting`` queue
+  averages one or more over the panic window), the pods are full below the target: the batch a
+  full pod runs becomes the target (so the streams in flight ask for pods that can run them all,
+  through the same windows), until a whole stable window passes with no queue (see
+  :func:`engine_saturation`);
 - GPU awareness: pods Pending because no node has a free GPU are not capacity; while any are
   unschedulable the request is held (never raised again and again), and pods still starting are
   not scaled away.
@@ -69,6 +74,8 @@ class Sample:
 
     time: float
     concurrency: float
+    engine_waiting: float | None = None  # generative: sequences waiting in the pods' engines
+    engine_running: float | None = None  # generative: sequences in the pods' running batches
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,9 @@ class State:
     last_traffic: float | None = None
     # (time, recommendation) pairs within the scale-down delay, oldest first.
     recommendations: tuple[tuple[float, int], ...] = field(default_factory=tuple)
+    # Generative: the running sequences per pod the engines held when last full, and when.
+    engine_capacity: float | None = None
+    saturated_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,56 @@ def burst_average(samples: tuple[Sample, ...], now: float, window: float) -> flo
     return sum(busy) / len(busy) if busy else 0.0
 
 
+#: Mean sequences waiting in the engines over the panic window from which the pods count as full. A
+#: sequence waits a scheduling step even in an idle engine; only a queue that persists means the
+#: engines have no room (a full batch or a full KV cache).
+SATURATION_WAITING = 1.0
+
+
+@dataclass(frozen=True)
+class Saturation:
+    """The engines' queues over the panic window, when they show the pods are full."""
+
+    waiting: float  # mean sequences waiting, over all pods
+    running: float  # most sequences running at once, over all pods
+
+
+def engine_saturation(samples: tuple[Sample, ...], now: float, window: float) -> Saturation | None:
+    """The engines' queues over ``window`` when sequences kept waiting in them, else None.
+
+    Waiting is the mean (a queue must persist to count); running is the largest sum seen, since the
+    batch never exceeds what the engines hold, and a pod that has just become ready (running
+    nothing yet) or one woken from zero would pull a mean below what a full pod holds.
+    Only samples carrying the engines' figures count (tensor models have none, so never saturate).
+    """
+    recent = [
+        (s.engine_waiting, s.engine_running)
+        for s in samples
+        if now - window < s.time <= now and s.engine_waiting is not None and s.engine_running is not None
+    ]
+    if not recent:
+        return None
+    waiting = sum(w for w, _ in recent) / len(recent)
+    running = max(r for _, r in recent)
+    return Saturation(waiting, running) if waiting >= SATURATION_WAITING and running > 0 else None
+
+
+def _engine_capacity(
+    settings: Settings, state: State, now: float, saturation: Saturation | None, ready_pods: int
+) -> tuple[float | None, float | None]:
+    """The running sequences per pod the engines hold when full, and since when it is known.
+
+    Learned whenever the engines are full; forgotten once a whole stable window passes without a
+    queue, so a capacity seen under unusual load (very long prompts filling the KV cache) does not
+    hold the deployment large for ever, and the scale-down that follows cannot flap faster than that.
+    """
+    if saturation is not None and ready_pods > 0:
+        return saturation.running / ready_pods, now
+    if state.saturated_at is not None and now - state.saturated_at < settings.stable_window:
+        return state.engine_capacity, state.saturated_at
+    return None, None
+
+
 def decide(settings: Settings, state: State, inputs: Inputs) -> tuple[Decision, State]:
     """One autoscaling step: the replicas wanted now, why, and the state for the next step."""
     now = inputs.now
@@ -139,8 +199,13 @@ def decide(settings: Settings, state: State, inputs: Inputs) -> tuple[Decision, 
     busy = latest > 0 or panic > 0 or inputs.activation_requested or first_start
     last_traffic = now if busy or state.last_traffic is None else state.last_traffic
 
-    want_stable = math.ceil(stable / settings.target)
-    want_panic = math.ceil(panic / settings.target)
+    # Generative pods that are full below the target take only what their engines hold.
+    saturation = engine_saturation(inputs.samples, now, settings.panic_window)
+    engine_capacity, saturated_at = _engine_capacity(settings, state, now, saturation, inputs.ready_pods)
+    target = settings.target if engine_capacity is None else min(settings.target, engine_capacity)
+
+    want_stable = math.ceil(stable / target)
+    want_panic = math.ceil(panic / target)
     capacity = max(inputs.ready_pods, 1)
 
     # Panic: the short window asks for far more than the ready pods can take.
@@ -158,6 +223,8 @@ def decide(settings: Settings, state: State, inputs: Inputs) -> tuple[Decision, 
     else:
         recommendation = want_stable
         reason = f"{stable:.1f} in flight over {settings.stable_window:.0f}s, target {settings.target:g}"
+    if target < settings.target:
+        reason += f" (engines hold {target:.1f} a pod)"
     panic_peak = recommendation if panicking else 0
 
     # Rate limits relative to the ready pods (pods that cannot be placed are not capacity).
@@ -202,6 +269,8 @@ def decide(settings: Settings, state: State, inputs: Inputs) -> tuple[Decision, 
         panic_peak=panic_peak,
         last_traffic=last_traffic,
         recommendations=history,
+        engine_capacity=engine_capacity,
+        saturated_at=saturated_at,
     )
     return decision, next_state
 

@@ -19,6 +19,12 @@ the router restarted (its uptime or a counter went back, or a model it reported 
 routers too old to expose the counter. The queued gauge also stays the activation signal: a
 request waiting now must wake a scaled-to-zero model, whatever the average says.
 
+Generative models add a second signal: their engines' queues. The router reads each generative
+pod's ``vllm:num_requests_waiting`` and ``vllm:num_requests_running`` to balance on them, and
+republishes their sums per model (``ROUTER_ENGINE_WAITING``, ``ROUTER_ENGINE_RUNNING``), so the
+autoscaler learns how full the engines are without reaching every pod itself. Every router reads
+every pod of a model, so across routers these are combined by their largest value, not summed.
+
 Everything here is pure (:func:`parse_router_page`, :func:`router_loads`, :func:`sum_loads`), so
 the arithmetic is tested on recorded text; the scraping itself is the operator's I/O.
 """
@@ -32,6 +38,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from modelplane.api.metrics import (
     ROUTER_CONCURRENCY_SECONDS,
+    ROUTER_ENGINE_RUNNING,
+    ROUTER_ENGINE_WAITING,
     ROUTER_IN_FLIGHT,
     ROUTER_QUEUED,
     ROUTER_UPTIME,
@@ -45,11 +53,15 @@ class ModelLoad:
 
     ``average`` is the mean concurrency over the last scrape interval (``None`` when no router could
     give one); :attr:`concurrency` prefers it over the instantaneous ``in_flight + queued``.
+    ``engine_waiting`` and ``engine_running`` are a generative model's engine queues over its pods
+    (``None`` for models whose pods' load no router reads).
     """
 
     in_flight: float = 0.0
     queued: float = 0.0
     average: float | None = None
+    engine_waiting: float | None = None
+    engine_running: float | None = None
 
     @property
     def concurrency(self) -> float:
@@ -62,6 +74,14 @@ def parse_router_page(text: str) -> LoadReport:
     queued: dict[str, float] = {}
     areas: dict[str, float] | None = None
     uptime: float | None = None
+    engine_waiting: dict[str, float] = {}
+    engine_running: dict[str, float] = {}
+    targets = {
+        ROUTER_IN_FLIGHT: in_flight,
+        ROUTER_QUEUED: queued,
+        ROUTER_ENGINE_WAITING: engine_waiting,
+        ROUTER_ENGINE_RUNNING: engine_running,
+    }
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             # Match samples, not families: the parser names a counter's family without ``_total``.
@@ -71,10 +91,8 @@ def parse_router_page(text: str) -> LoadReport:
             if sample.name == ROUTER_CONCURRENCY_SECONDS:
                 areas = {} if areas is None else areas
                 target = areas
-            elif sample.name == ROUTER_IN_FLIGHT:
-                target = in_flight
-            elif sample.name == ROUTER_QUEUED:
-                target = queued
+            elif sample.name in targets:
+                target = targets[sample.name]
             else:
                 continue
             model = sample.labels.get("model")
@@ -82,7 +100,7 @@ def parse_router_page(text: str) -> LoadReport:
                 target[model] = target.get(model, 0.0) + max(0.0, float(sample.value))
     if areas is None and uptime is not None:
         areas = {}  # a router that has seen no request yet exposes the clock but no model
-    return LoadReport(in_flight, queued, areas, uptime)
+    return LoadReport(in_flight, queued, areas, uptime, engine_waiting, engine_running)
 
 
 @dataclass(frozen=True)
@@ -106,12 +124,20 @@ def router_loads(previous: Scrape | None, current: Scrape) -> dict[str, ModelLoa
     """Per-model load from one router: the average since ``previous`` where measurable, else the gauges."""
     report = current.report
     averages = _averages(previous, current)
-    models = set(report.in_flight) | set(report.queued) | set(averages or {})
+    models = (
+        set(report.in_flight)
+        | set(report.queued)
+        | set(averages or {})
+        | set(report.engine_waiting)
+        | set(report.engine_running)
+    )
     return {
         model: ModelLoad(
             report.in_flight.get(model, 0.0),
             report.queued.get(model, 0.0),
             None if averages is None else averages.get(model, 0.0),
+            report.engine_waiting.get(model),
+            report.engine_running.get(model),
         )
         for model in models
     }
@@ -130,8 +156,19 @@ def _averages(previous: Scrape | None, current: Scrape) -> dict[str, float] | No
     return {model: (area - before.get(model, 0.0)) / interval for model, area in now.items()}
 
 
+def _largest(a: float | None, b: float | None) -> float | None:
+    """The larger of two readings of the same engines, either possibly absent."""
+    if a is None or b is None:
+        return a if b is None else b
+    return max(a, b)
+
+
 def sum_loads(per_router: Iterable[dict[str, ModelLoad]]) -> dict[str, ModelLoad]:
-    """Sum over routers: gauges add up, and so do the routers' averages (each request is in one router)."""
+    """Sum over routers: gauges add up, and so do the routers' averages (each request is in one router).
+
+    The engines' queues are not summed: each router reads the same pods, so the largest (freshest
+    busy) reading stands for all.
+    """
     total: dict[str, ModelLoad] = {}
     for loads in per_router:
         for model, load in loads.items():
@@ -143,7 +180,13 @@ def sum_loads(per_router: Iterable[dict[str, ModelLoad]]) -> dict[str, ModelLoad
             average = (
                 None if seen.average is None and load.average is None else seen.concurrency + load.concurrency
             )
-            total[model] = ModelLoad(seen.in_flight + load.in_flight, seen.queued + load.queued, average)
+            total[model] = ModelLoad(
+                seen.in_flight + load.in_flight,
+                seen.queued + load.queued,
+                average,
+                _largest(seen.engine_waiting, load.engine_waiting),
+                _largest(seen.engine_running, load.engine_running),
+            )
     return total
 
 

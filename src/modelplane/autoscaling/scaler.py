@@ -57,7 +57,12 @@ class Scaler:
         activation_requested: bool = False,
     ) -> Decision:
         """Record this step's load and decide the replicas; ``activation_requested`` wakes from zero."""
-        samples = self.window(Sample(now, load.concurrency if load else 0.0), settings.stable_window)
+        sample = (
+            Sample(now, load.concurrency, load.engine_waiting, load.engine_running)
+            if load is not None
+            else Sample(now, 0.0)
+        )
+        samples = self.window(sample, settings.stable_window)
         inputs = Inputs(
             now=now,
             samples=samples,

@@ -237,9 +237,11 @@ class FakeOpenAIBackend:
         return self
 
     def stop(self) -> None:
+        """Stop serving (again: nothing happens)."""
         if self._loop is not None and self._thread is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
+            self._loop = self._thread = None
 
     async def _serve(self) -> None:
         app = web.Application()

@@ -274,3 +274,76 @@ def test_eight_busy_clients_hold_a_steady_replica_count_on_the_averaged_signal()
     on_average = _replicas(s, averaged)
     assert set(on_average) == {3}  # ceil(2.67 / 1), from the first step to the last
     assert len(set(_replicas(s, point))) > 1  # the point samples scale up and down on noise
+
+
+# -- generative models: the engines' queues -----------------------------------------------------------
+
+
+def engine_samples(
+    until: float, concurrency: float, waiting: float, running: float, start: float = 0.0
+) -> tuple[Sample, ...]:
+    return tuple(Sample(float(t), concurrency, waiting, running) for t in range(int(start), int(until) + 1))
+
+
+def test_full_engines_below_the_target_scale_out_to_hold_every_sequence() -> None:
+    # Target 16 streams a pod, but the engines hold 8 (a small KV cache): 12 streams on one pod
+    # leave 4 waiting. Concurrency alone says one pod is plenty; the queue says two are needed.
+    samples = engine_samples(10, concurrency=12, waiting=4, running=8)
+    inputs = Inputs(now=10.0, samples=samples, current_replicas=1, ready_pods=1)
+    decision, state = decide(settings(targetConcurrency=16), State(last_traffic=0.0), inputs)
+    assert decision.desired == 2  # 12 streams at the 8 a full pod runs
+    assert "engines hold 8.0 a pod" in decision.reason
+    assert state.engine_capacity == 8.0
+
+
+def test_a_queue_that_does_not_persist_is_not_saturation() -> None:
+    # A sequence waits one scheduling step even in an idle engine: a mean below one is noise.
+    samples = tuple(Sample(float(t), 6.0, 1.0 if t == 9 else 0.0, 6.0) for t in range(11))
+    inputs = Inputs(now=10.0, samples=samples, current_replicas=1, ready_pods=1)
+    decision, state = decide(settings(targetConcurrency=16), State(last_traffic=0.0), inputs)
+    assert decision.desired == 1
+    assert state.engine_capacity is None
+
+
+def test_tensor_models_have_no_engine_figures_and_never_saturate() -> None:
+    samples = tuple(Sample(float(t), 12.0) for t in range(11))
+    inputs = Inputs(now=10.0, samples=samples, current_replicas=1, ready_pods=1)
+    decision, _ = decide(settings(targetConcurrency=16), State(last_traffic=0.0), inputs)
+    assert decision.desired == 1
+
+
+def test_the_engines_capacity_holds_for_a_stable_window_then_is_forgotten() -> None:
+    # Once the queue is gone on two pods, the learned 8 a pod keeps two pods for 12 streams (no
+    # flapping back to one that would queue again), until a whole stable window passes calm.
+    s = settings(targetConcurrency=16, stableWindowSeconds=60, scaleDownDelaySeconds=6)
+    state = State(last_traffic=0.0)
+    full = engine_samples(10, concurrency=12, waiting=4, running=8)
+    _, state = decide(s, state, Inputs(now=10.0, samples=full, current_replicas=1, ready_pods=1))
+    calm = engine_samples(40, concurrency=12, waiting=0, running=12, start=11)
+    decision, state = decide(
+        s, state, Inputs(now=40.0, samples=(*full, *calm), current_replicas=2, ready_pods=2)
+    )
+    assert decision.desired == 2
+    assert "engines hold 8.0 a pod" in decision.reason
+    calm_longer = engine_samples(65, concurrency=12, waiting=0, running=12, start=41)
+    decision, state = decide(
+        s, state, Inputs(now=65.0, samples=calm_longer, current_replicas=2, ready_pods=2)
+    )
+    assert (decision.desired, state.engine_capacity) == (2, 8.0)
+    later = engine_samples(100, concurrency=12, waiting=0, running=12, start=66)
+    decision, state = decide(s, state, Inputs(now=100.0, samples=later, current_replicas=2, ready_pods=2))
+    assert state.engine_capacity is None
+    assert decision.desired == 1
+
+
+def test_a_pod_just_woken_does_not_make_the_engines_look_smaller_than_they_are() -> None:
+    # The window begins while the only pod was starting (nothing running, all waiting): the batch
+    # a full pod holds is what it ran at its fullest, 4, not the window's mean.
+    samples = (
+        *(Sample(float(t), 12.0, 12.0, 0.0) for t in range(3)),
+        *(Sample(float(t), 12.0, 8.0, 4.0) for t in range(3, 7)),
+    )
+    inputs = Inputs(now=6.0, samples=samples, current_replicas=1, ready_pods=1)
+    decision, state = decide(settings(targetConcurrency=32, maxReplicas=10), State(last_traffic=0.0), inputs)
+    assert state.engine_capacity == 4.0
+    assert decision.desired == 3  # 12 streams at 4 a pod

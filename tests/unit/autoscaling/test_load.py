@@ -136,3 +136,39 @@ def test_point_in_time_parsing_ignores_the_counter() -> None:
     loads = parse_router_metrics([page(5.0, {"m": 1000.0}, {"m": 2})])
     assert loads["m"].concurrency == 2.0
     assert loads["m"].average is None
+
+
+ENGINES_A = """# TYPE modelplane_router_engine_requests_waiting gauge
+modelplane_router_engine_requests_waiting{model="team/chat"} 3.0
+# TYPE modelplane_router_engine_requests_running gauge
+modelplane_router_engine_requests_running{model="team/chat"} 8.0
+# TYPE modelplane_router_in_flight_requests gauge
+modelplane_router_in_flight_requests{model="team/chat"} 6.0
+"""
+ENGINES_B = """# TYPE modelplane_router_engine_requests_waiting gauge
+modelplane_router_engine_requests_waiting{model="team/chat"} 2.0
+# TYPE modelplane_router_engine_requests_running gauge
+modelplane_router_engine_requests_running{model="team/chat"} 9.0
+# TYPE modelplane_router_in_flight_requests gauge
+modelplane_router_in_flight_requests{model="team/chat"} 5.0
+"""
+
+
+def test_engine_queues_are_read_per_model_and_taken_at_their_largest_over_routers() -> None:
+    # Both routers read the same pods: requests add up across routers, the engines' queues do not.
+    loads = parse_router_metrics([ENGINES_A, ENGINES_B])
+    chat = loads["team/chat"]
+    assert chat.in_flight == 11.0
+    assert (chat.engine_waiting, chat.engine_running) == (3.0, 9.0)
+    # A router that reads no generative pods leaves the figures as they are; a model whose pods
+    # no router reads (a tensor model) has none at all.
+    mixed = parse_router_metrics([ENGINES_A, ROUTER_B, ENGINES_B])
+    assert (mixed["team/chat"].engine_waiting, mixed["team/chat"].engine_running) == (3.0, 9.0)
+    assert mixed["team/iris"].engine_waiting is None
+
+
+def test_engine_queues_pass_through_the_averager() -> None:
+    averager = ConcurrencyAverager()
+    averager.update({"a": Scrape(parse_router_page(ENGINES_A), 0.0)})
+    loads = averager.update({"a": Scrape(parse_router_page(ENGINES_A), 1.0)})
+    assert (loads["team/chat"].engine_waiting, loads["team/chat"].engine_running) == (3.0, 8.0)

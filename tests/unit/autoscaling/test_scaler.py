@@ -73,3 +73,13 @@ def test_pods_still_starting_are_not_scaled_away() -> None:
     scaler = Scaler()
     decision = scaler.step(SETTINGS, 0.0, None, 2, PodCounts(ready=0, starting=2))
     assert decision.desired == 2
+
+
+def test_a_generative_models_engine_queues_reach_the_decision() -> None:
+    # 3 streams a pod fits the target of 4, but the engines hold 2 and queue the third.
+    scaler = Scaler()
+    load = ModelLoad(in_flight=3.0, engine_waiting=1.0, engine_running=2.0)
+    decision = scaler.step(SETTINGS, 0.0, load, 1, PodCounts(1))
+    assert decision.desired == 2
+    assert scaler.state.engine_capacity == 2.0
+    assert (scaler.samples[-1].engine_waiting, scaler.samples[-1].engine_running) == (1.0, 2.0)

@@ -6,10 +6,12 @@ import asyncio
 
 import httpx
 
-from modelplane.serving.router.balancing import Backend
+from modelplane.autoscaling.load import parse_router_page
+from modelplane.serving.router.balancing import Backend, Endpoint
 from modelplane.serving.router.discovery import ApplyRoutes
 from modelplane.serving.router.routes import ModelRoute
 from modelplane.serving.router.server import Router, RouterSettings
+from modelplane.testing.router import FakeOpenAIBackend
 
 
 class RecordingDiscovery:
@@ -79,3 +81,44 @@ async def test_the_load_report_counts_requests_waiting_for_activation() -> None:
             waiting.cancel()
     finally:
         await router.stop()
+
+
+def _generative(name: str, backends: list[FakeOpenAIBackend]) -> ModelRoute:
+    endpoints = [Endpoint(f"127.0.0.1:{b.port}", f"http://127.0.0.1:{b.port}", None) for b in backends]
+    return ModelRoute(name, [Backend("1", 100)], {"1": endpoints}, generative=True, backend_model="chat")
+
+
+async def test_the_engines_queues_are_summed_per_model_in_the_report_and_on_the_page() -> None:
+    # The autoscaler learns a generative model's engine queues from the router, which reads every
+    # pod anyway to balance: the typed report (local stack) and the page (operator) must agree.
+    full, busy = FakeOpenAIBackend("full").start(), FakeOpenAIBackend("busy").start()
+    full.waiting, full.running = 3.0, 8.0
+    busy.waiting, busy.running = 1.0, 6.0
+    discovery = RecordingDiscovery({"default/chat": _generative("default/chat", [full, busy])})
+    router = Router(discovery, RouterSettings(load_scrape_interval_s=0.05, drain_timeout_s=0.5))
+    await router.start(host="127.0.0.1", port=0)
+    try:
+        for _ in range(200):
+            if full.metrics_reads and busy.metrics_reads:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)  # one more round, so both readings are stored
+        report = router.load_report()
+        assert report.engine_waiting == {"default/chat": 4.0}
+        assert report.engine_running == {"default/chat": 14.0}
+        async with httpx.AsyncClient(trust_env=False) as client:
+            page = (await client.get(f"http://127.0.0.1:{router.http_ports[0]}/metrics")).text
+        parsed = parse_router_page(page)
+        assert parsed.engine_waiting == report.engine_waiting
+        assert parsed.engine_running == report.engine_running
+        # A pod whose reading goes stale is left out of the sums, not counted as an empty queue.
+        busy.stop()
+        stale_after = router.load.max_age_s()
+        for endpoint in router.table.routes["default/chat"].endpoints["1"]:
+            if endpoint.key.endswith(f":{busy.port}") and endpoint.load is not None:
+                endpoint.load.at -= stale_after + 1.0
+        assert router.load_report().engine_waiting == {"default/chat": 3.0}
+    finally:
+        await router.stop()
+        full.stop()
+        busy.stop()
