@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from modelplane.serving.runtime.runner import ModelError
+from modelplane.serving.runtime.statistics import Execution
 
 Arrays = list[np.ndarray[Any, Any]]
 RunFn = Callable[[Sequence[np.ndarray[Any, Any]]], Arrays]
@@ -132,6 +133,7 @@ class Batcher:
         workers: int = 1,
         on_batch: Callable[[int], None] | None = None,
         on_dequeue: Callable[[float], None] | None = None,
+        on_executed: Callable[[Execution], None] | None = None,
         inline_below_s: float = 0.0,
     ) -> None:
         self._run = run
@@ -142,6 +144,7 @@ class Batcher:
         self._workers_count = workers
         self._on_batch = on_batch
         self._on_dequeue = on_dequeue
+        self._on_executed = on_executed
         self._pending: deque[Pending] = deque()
         self._queued = 0
         self._wake = asyncio.Event()
@@ -255,11 +258,42 @@ class Batcher:
                 item.future.set_result(result)
 
     def _run_batch(self, batch: list[Pending]) -> list[Arrays | Exception]:
-        started = time.perf_counter()
-        results = self._run_batch_unmeasured(batch)
-        elapsed = time.perf_counter() - started
+        started = time.perf_counter_ns()
+        results, input_ns, output_ns = self._run_batch_timed(batch)
+        elapsed_ns = time.perf_counter_ns() - started
+        elapsed = elapsed_ns / 1e9
         self.forward_s = elapsed if self.forward_s is None else 0.8 * self.forward_s + 0.2 * elapsed
+        if self._on_executed is not None:
+            self._on_executed(
+                Execution(
+                    batch_size=sum(p.batch_size for p in batch),
+                    inferences=sum(
+                        p.batch_size
+                        for p, r in zip(batch, results, strict=True)
+                        if not isinstance(r, Exception)
+                    ),
+                    input_ns=input_ns,
+                    infer_ns=elapsed_ns - input_ns - output_ns,
+                    output_ns=output_ns,
+                    requests=len(batch),
+                )
+            )
         return results
+
+    def _run_batch_timed(self, batch: list[Pending]) -> tuple[list[Arrays | Exception], int, int]:
+        """The batch's results, and the nanoseconds spent assembling it and splitting its outputs."""
+        if len(batch) == 1:
+            return self._run_batch_unmeasured(batch), 0, 0
+        try:
+            t0 = time.perf_counter_ns()
+            arrays = assemble(batch)
+            t1 = time.perf_counter_ns()
+            outputs = self._run(arrays)
+            t2 = time.perf_counter_ns()
+            results: list[Arrays | Exception] = list(split(outputs, [p.batch_size for p in batch]))
+            return results, t1 - t0, time.perf_counter_ns() - t2
+        except Exception:  # retry one by one, so only the request that breaks the model fails
+            return [self._run_batch_unmeasured([item])[0] for item in batch], 0, 0
 
     def _run_batch_unmeasured(self, batch: list[Pending]) -> list[Arrays | Exception]:
         if len(batch) == 1:
@@ -270,7 +304,4 @@ class Batcher:
                 return [outputs]
             except Exception as exc:
                 return [exc]
-        try:
-            return list(split(self._run(assemble(batch)), [p.batch_size for p in batch]))
-        except Exception:  # retry one by one, so only the request that breaks the model fails
-            return [self._run_batch_unmeasured([item])[0] for item in batch]
+        return self._run_batch_timed(batch)[0]

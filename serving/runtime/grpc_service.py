@@ -30,7 +30,8 @@ from modelplane.serving.runtime.http_app import EXTENSIONS
 from modelplane.serving.runtime.inference import infer, model_metadata
 from modelplane.serving.runtime.lifecycle import Lifecycle
 from modelplane.serving.runtime.metrics import RuntimeMetrics
-from modelplane.serving.runtime.models import ModelManager
+from modelplane.serving.runtime.models import ModelManager, ServedModel
+from modelplane.serving.runtime.statistics import model_statistics_proto
 
 STATUS_TO_CODE = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -152,24 +153,42 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             raise
         self.metrics.request_started(name)
         code = "500"
+        model: ServedModel | None = None
         try:
             model = self.manager.resolve(name, request.model_version or None)
-            outputs = await infer(model, decode_grpc_request(request))
+            decoding = time.perf_counter_ns()
+            decoded = decode_grpc_request(request)
+            input_ns = time.perf_counter_ns() - decoding
+            outputs = await infer(model, decoded)
+            encoding = time.perf_counter_ns()
             response = service_pb2.ModelInferResponse(
                 model_name=name, model_version=str(model.version), id=request.id
             )
             for out_name, datatype, array, _binary in outputs:
                 response.outputs.add(name=out_name, datatype=datatype, shape=array.shape)
                 response.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
+            model.stats.request_succeeded(
+                int((time.perf_counter() - started) * 1e9), input_ns, time.perf_counter_ns() - encoding
+            )
             code = "200"
             return response
         except InferenceError as exc:
             code = str(exc.status)
+            if model is not None:
+                model.stats.request_failed(int((time.perf_counter() - started) * 1e9))
             await self._abort(context, exc)
             raise
         finally:
             self.metrics.request_finished(name, "grpc", code, time.perf_counter() - started)
             self.lifecycle.end()
+
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:  # noqa: N802
+        try:
+            entries = self.manager.statistics(request.name, request.version or None)
+        except InferenceError as exc:
+            await self._abort(context, exc)
+            raise
+        return model_statistics_proto(entries)
 
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:  # noqa: N802
         response = service_pb2.RepositoryIndexResponse()

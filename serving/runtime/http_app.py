@@ -1,6 +1,7 @@
 """The V2 HTTP front end as a plain ASGI app (no framework: the hot path is a few dict lookups).
 
-Routes: ``/v2``, ``/v2/health/{live,ready}``, ``/v2/models/{m}[/versions/{v}][/ready|/infer|/config]``,
+Routes: ``/v2``, ``/v2/health/{live,ready}``,
+``/v2/models/{m}[/versions/{v}][/ready|/infer|/config|/stats]``, ``/v2/models/stats``,
 ``/v2/repository/index``, ``/v2/repository/models/{m}/{load,unload}``, ``/metrics``.
 Every error is ``{"error": "..."}`` with the status from :class:`InferenceError`.
 """
@@ -22,7 +23,8 @@ from modelplane.serving.runtime.inference import infer, model_metadata
 from modelplane.serving.runtime.lifecycle import Lifecycle
 from modelplane.serving.runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from modelplane.serving.runtime.metrics import RuntimeMetrics
-from modelplane.serving.runtime.models import ModelManager
+from modelplane.serving.runtime.models import ModelManager, ServedModel
+from modelplane.serving.runtime.statistics import model_statistics_json
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -30,7 +32,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
-EXTENSIONS = ["binary_tensor_data", "model_repository"]
+#: Triton's names of the protocol extensions served (``GET /v2`` and gRPC ServerMetadata list them).
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "statistics"]
 
 _JSON = [(b"content-type", b"application/json")]
 _BINARY = b"application/octet-stream"
@@ -61,6 +64,8 @@ def route(method: str, path: str) -> tuple[str, str, str | None]:
         return ("", "", None)
     if rest[0] != "models" or len(rest) < 2:
         return ("", "", None)
+    if rest == ["models", "stats"]:
+        return ("stats", "", None) if method == "GET" else ("", "", None)
     name, tail, version = rest[1], rest[2:], None
     if len(tail) >= 2 and tail[0] == "versions":
         version, tail = tail[1], tail[2:]
@@ -72,6 +77,8 @@ def route(method: str, path: str) -> tuple[str, str, str | None]:
         return ("model_ready", name, version)
     if tail == ["config"] and method == "GET":
         return ("model_config", name, version)
+    if tail == ["stats"] and method == "GET":
+        return ("stats", name, version)
     return ("", "", None)
 
 
@@ -132,6 +139,9 @@ class HttpApp:
             await _respond(
                 send, 200 if ok else 503, b"" if ok else error_body(f"model {name!r} is not ready"), _JSON
             )
+        elif action == "stats":
+            doc = model_statistics_json(self.manager.statistics(name, version))
+            await _respond(send, 200, orjson.dumps(doc), _JSON)
         elif action == "index":
             await _respond(send, 200, orjson.dumps(self.manager.index()), _JSON)
         elif action == "load":
@@ -169,14 +179,21 @@ class HttpApp:
                 code = "413"
                 await _respond(send, 413, error_body(self._too_large()), _JSON)
                 return
+            model: ServedModel | None = None
             try:
                 header_length = _header_length(scope)
                 model = self.manager.resolve(name, version)
+                decoding = time.perf_counter_ns()
                 request = decode_request(body, header_length)
+                input_ns = time.perf_counter_ns() - decoding
                 outputs = await infer(model, request)
+                encoding = time.perf_counter_ns()
                 payload, json_length = encode_response(name, str(model.version), request.id, outputs)
+                model.stats.request_succeeded(_ns_since(started), input_ns, time.perf_counter_ns() - encoding)
             except InferenceError as exc:
                 code = str(exc.status)
+                if model is not None:
+                    model.stats.request_failed(_ns_since(started))
                 headers = self._closing(_error_headers(exc.status))
                 await _respond(send, exc.status, error_body(exc.message), headers)
                 return
@@ -265,6 +282,11 @@ def _header_length(scope: Scope) -> int | None:
             except ValueError:
                 raise bad_request("Inference-Header-Content-Length must be an integer") from None
     return None
+
+
+def _ns_since(started: float) -> int:
+    """Nanoseconds since ``started`` (a ``time.perf_counter()`` reading)."""
+    return int((time.perf_counter() - started) * 1e9)
 
 
 async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:

@@ -32,6 +32,7 @@ from modelplane.serving.runtime.errors import InferenceError, bad_request, not_f
 from modelplane.serving.runtime.loader import LoadError, find_model_file, load_module
 from modelplane.serving.runtime.metrics import RuntimeMetrics
 from modelplane.serving.runtime.runner import ModelError, TorchRunner, pick_device
+from modelplane.serving.runtime.statistics import ModelStatistics
 
 log = logging.getLogger("modelplane.runtime")
 
@@ -47,6 +48,7 @@ class ServedModel:
     runner: TorchRunner | None = None
     batcher: Batcher | None = None
     executor: ThreadPoolExecutor | None = None
+    stats: ModelStatistics = field(default_factory=ModelStatistics)
 
     async def infer(self, arrays: list[Any], batch_size: int) -> list[Any]:
         if self.state != READY or self.batcher is None:
@@ -257,11 +259,37 @@ class ModelManager:
             max_delay_s=delay,
             workers=spec.instance_count,
             on_batch=lambda size: self.metrics.observe_batch(name, size),
-            on_dequeue=lambda seconds: self.metrics.observe_queue(name, seconds),
+            on_dequeue=lambda seconds: self._dequeued(model, seconds),
+            on_executed=model.stats.executed,
             inline_below_s=spec.inline_below_us / 1e6,
         )
         model.batcher.start()
         model.state = READY
+
+    def _dequeued(self, model: ServedModel, seconds: float) -> None:
+        self.metrics.observe_queue(model.spec.name, seconds)
+        model.stats.queued(seconds)
+
+    def statistics(self, name: str, version: str | None) -> list[tuple[str, int, ModelStatistics]]:
+        """The statistics of every loaded version (``name`` empty), of a model's, or of one version.
+
+        404 for an unknown model or version, as Triton answers.
+        """
+        if not name:
+            names = sorted(self._entries)
+        elif name in self._entries:
+            names = [name]
+        else:
+            raise not_found(f"unknown model {name!r}")
+        found = [
+            (n, v, model.stats)
+            for n in names
+            for v, model in sorted(self._entries[n].versions.items())
+            if not version or str(v) == version
+        ]
+        if version and not found:
+            raise not_found(f"unknown version {version!r} of model {name!r}")
+        return found
 
     def versions_of(self, name: str) -> list[int]:
         entry = self._entries.get(name)
