@@ -6,13 +6,18 @@ one shape. If a batched forward raises, each request of that batch is retried on
 bad request fails alone and its neighbours still get their results.
 
 The queue delay (``max_queue_delay_microseconds``) is the most the first request of a batch waits
-for others. The event loop's clock and timers (libuv's, under uvloop) tick in milliseconds, so the
-delay is waited in whole ticks, rounded down (:func:`whole_ticks`), and what is left under a tick
-is one pass of the event loop: the requests that have arrived by then join the batch. Handing the
-timer a sub-millisecond wait instead would round it to no wait or to a whole millisecond depending
-on the float error of ``deadline - now``, which depends on how long the host has been up: a 500 us
-delay cost 0.3 ms at one request at a time on a host up for ten minutes and 1.5 ms on one up for
-twenty.
+for others, and it waits only while waiting is likely to pay (:func:`worth_waiting`): when the
+clients seen in the last second or two are all in the batcher already (a lone client: nobody else
+is between two requests) or the recent arrival rate brings no other request within the time left,
+the batch goes at once. So one client at a time gets the latency of batching off, and many clients
+get full batches; the judgement is re-made at every arrival while the batch waits.
+
+The event loop's clock and timers (libuv's, under uvloop) tick in milliseconds, so the delay is
+waited in whole ticks, rounded down (:func:`whole_ticks`), and what is left under a tick is one
+pass of the event loop: the requests that have arrived by then join the batch. Handing the timer a
+sub-millisecond wait instead would round it to no wait or to a whole millisecond depending on the
+float error of ``deadline - now``, which depends on how long the host has been up: a 500 us delay
+cost 0.3 ms at one request at a time on a host up for ten minutes and 1.5 ms on one up for twenty.
 """
 
 from __future__ import annotations
@@ -103,6 +108,69 @@ def split(outputs: Sequence[np.ndarray[Any, Any]], sizes: Sequence[int]) -> list
 TIMER_TICK_S = 0.001  # the resolution of the event loop's clock and timers (uvloop: libuv's)
 
 
+PEAK_WINDOW_S = 1.0  # the in-flight peak is the largest of this window and the one before it
+RATE_SMOOTHING = 0.2  # weight of the newest gap in the moving average of the gaps between arrivals
+
+
+def worth_waiting(
+    *, queued: int, max_batch: int, in_flight: int, peak: int, rate: float, left_s: float
+) -> bool:
+    """Whether a batch of ``queued`` rows should wait (up to ``left_s`` more) for more requests.
+
+    Only when the batch has room, and someone is likely to come: recently more requests were in
+    flight at once (``peak``) than are now (``in_flight``: queued plus running), so some clients are
+    between two requests; and at the recent arrival rate another request comes within ``left_s``.
+    A lone client, or the first request after a quiet spell, is dispatched at once.
+    """
+    if queued >= max_batch or left_s <= 0:
+        return False
+    return peak > in_flight and rate * left_s >= 1.0
+
+
+class ArrivalTracker:
+    """The recent in-flight peak and arrival rate of one model, on a monotonic ``clock``."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._window_start = clock()
+        self._peak_now = 0
+        self._peak_before = 0
+        self._last: float | None = None
+        self._gap_s: float | None = None  # moving average of the gaps between arrivals
+
+    def arrived(self, in_flight: int) -> None:
+        """A request arrived; ``in_flight`` counts it."""
+        now = self._clock()
+        self._roll(now)
+        self._peak_now = max(self._peak_now, in_flight)
+        if self._last is not None:
+            gap = max(now - self._last, 0.0)
+            self._gap_s = (
+                gap if self._gap_s is None else (1 - RATE_SMOOTHING) * self._gap_s + RATE_SMOOTHING * gap
+            )
+        self._last = now
+
+    def peak(self) -> int:
+        """The most requests in flight at once over the last one to two windows."""
+        self._roll(self._clock())
+        return max(self._peak_now, self._peak_before)
+
+    def rate(self) -> float:
+        """Arrivals per second: from the average gap, lowered by the silence since the last one."""
+        if self._gap_s is None or self._last is None:
+            return 0.0
+        gap = max(self._gap_s, self._clock() - self._last)
+        return math.inf if gap <= 0 else 1.0 / gap
+
+    def _roll(self, now: float) -> None:
+        elapsed = now - self._window_start
+        if elapsed < PEAK_WINDOW_S:
+            return
+        self._peak_before = self._peak_now if elapsed < 2 * PEAK_WINDOW_S else 0
+        self._peak_now = 0
+        self._window_start = now
+
+
 def whole_ticks(seconds: float) -> float:
     """``seconds`` rounded down to whole timer ticks: 0 under one tick (and for a time past)."""
     if seconds <= 0:
@@ -135,6 +203,7 @@ class Batcher:
         on_dequeue: Callable[[float], None] | None = None,
         on_executed: Callable[[Execution], None] | None = None,
         inline_below_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._run = run
         self._executor = executor
@@ -152,6 +221,8 @@ class Batcher:
         self._inline_below = inline_below_s
         self._running = 0
         self._outstanding = 0
+        self._arrivals = ArrivalTracker(clock)
+        self._clock = clock
         #: Moving average of one forward's duration; None until measured.
         self.forward_s: float | None = None
 
@@ -184,8 +255,13 @@ class Batcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Arrays] = loop.create_future()
         item = Pending(arrays, batch_size, future, loop.time(), shape_key(arrays))
-        if self._outstanding == 0 and self._delay == 0 and run_inline(self.forward_s, self._inline_below):
-            # Alone and fast: nothing to batch with, so skip the queue and the worker's wake-up.
+        self._arrivals.arrived(self._outstanding + 1)
+        if (
+            self._outstanding == 0
+            and run_inline(self.forward_s, self._inline_below)
+            and not self._should_wait(batch_size, self._delay, in_flight=1)
+        ):
+            # Alone, fast, and nobody likely to join: skip the queue and the worker's wake-up.
             return self._run_now(item)
         self._outstanding += 1
         try:
@@ -221,10 +297,29 @@ class Batcher:
                 continue
             await self._execute(batch, loop)
 
+    def _should_wait(self, queued: int, left_s: float, *, in_flight: int) -> bool:
+        if not self._batching:
+            return False
+        return worth_waiting(
+            queued=queued,
+            max_batch=self._max,
+            in_flight=in_flight,
+            peak=self._arrivals.peak(),
+            rate=self._arrivals.rate(),
+            left_s=left_s,
+        )
+
     async def _gather(self, deadline: float, loop: asyncio.AbstractEventLoop) -> None:
-        """Let more requests join the batch until it is full or ``deadline`` (loop time) comes."""
+        """Let more requests join the batch while it is worth it, until it is full or ``deadline`` comes.
+
+        Re-judged at every arrival (:func:`worth_waiting`): the wait ends as soon as nobody else is
+        likely to come in the time left.
+        """
         while self._queued < self._max and self._pending:
-            wait = whole_ticks(deadline - loop.time())
+            left = deadline - loop.time()
+            if not self._should_wait(self._queued, left, in_flight=self._outstanding):
+                return
+            wait = whole_ticks(left)
             if wait == 0:  # under a tick left: one pass of the loop, for what has arrived meanwhile
                 await asyncio.sleep(0)
                 return
@@ -247,6 +342,11 @@ class Batcher:
                 results = await loop.run_in_executor(self._executor, self._run_batch, batch)
         except Exception as exc:  # the executor itself failed (shut down): every caller learns it
             results = [exc] * len(batch)
+        except asyncio.CancelledError:  # stopped after its timeout while this batch ran
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(ModelError("the model was unloaded while this request ran"))
+            raise
         finally:
             self._running -= 1
         for item, result in zip(batch, results, strict=True):

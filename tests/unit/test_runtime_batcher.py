@@ -161,14 +161,25 @@ async def test_stopping_finishes_queued_requests() -> None:
 
 
 async def test_stopping_fails_requests_still_queued_after_the_timeout() -> None:
+    release = threading.Event()
+
+    def stuck(inputs: Sequence[np.ndarray[Any, Any]]) -> list[np.ndarray[Any, Any]]:
+        release.wait(10)
+        return double(inputs)
+
     with ThreadPoolExecutor(1) as pool:
-        batcher = Batcher(double, pool, max_batch_size=8, max_delay_s=10.0)
+        batcher = Batcher(stuck, pool, max_batch_size=0, max_delay_s=None)  # one at a time
         batcher.start()
-        task = asyncio.ensure_future(batcher.submit([np.ones((1, 2), dtype=np.float32)], 1))
+        running = asyncio.ensure_future(batcher.submit([np.ones((1, 2), dtype=np.float32)], 1))
+        await asyncio.sleep(0.01)
+        queued = asyncio.ensure_future(batcher.submit([np.ones((1, 2), dtype=np.float32)], 1))
         await asyncio.sleep(0.01)
         await batcher.stop(timeout_s=0.05)
         with pytest.raises(ModelError, match="unloaded"):
-            await task
+            await queued
+        with pytest.raises(ModelError, match="unloaded while this request ran"):
+            await running  # answered, not left hanging
+        release.set()
 
 
 def test_runner_maps_tuple_outputs_in_config_order() -> None:
