@@ -1,9 +1,11 @@
 """`modelplane up` end to end, as a user runs it: a subprocess on free ports with its own data directory.
 
 The printed curl command and tritonclient snippet are run as printed (the curl's URL and body through
-httpx); a bad deployment file is reported while the demo keeps serving; a `minReplicas: 0`
-deployment goes to zero processes when idle and answers the next request; a killed runtime is
-replaced; SIGTERM leaves no process behind; a second `up` resumes without registering again.
+httpx), and so are the streamed curl command and the official `openai` client snippet for
+`demo-chat`, the small language model trained on first run (its answer must be in the docs' words);
+a bad deployment file is reported while the demos keep serving; a `minReplicas: 0` deployment goes
+to zero processes when idle and answers the next request; a killed runtime is replaced; SIGTERM
+leaves no process behind; a second `up` resumes without registering or training again.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from modelplane.local.corpus import load_corpus, normalize_word
 from modelplane.local.demo import SAMPLE_CLASS
-from modelplane.local.stack import STOP_HINT
+from modelplane.local.stack import CHAT_HINT, STOP_HINT
 from modelplane.testing.local import UpProcess, alive, children_of
 
 pytestmark = pytest.mark.timeout(600)
@@ -87,8 +90,8 @@ def _wait(condition: object, what: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.25)
 
 
-def _printed_curl(output: str) -> tuple[str, dict[str, object]]:
-    line = next(x for x in output.splitlines() if x.startswith("curl "))
+def _printed_curl(output: str, path: str = "/v2/") -> tuple[str, dict[str, object]]:
+    line = next(x for x in output.splitlines() if x.startswith("curl ") and path in x)
     words = shlex.split(line)
     url = next(w for w in words if w.startswith("http://"))
     return url, json.loads(words[words.index("-d") + 1])
@@ -96,8 +99,20 @@ def _printed_curl(output: str) -> tuple[str, dict[str, object]]:
 
 def _printed_snippet(output: str) -> str:
     start = output.index("import numpy as np")
+    end = output.index(CHAT_HINT)
+    return output[start:end]
+
+
+def _printed_openai_snippet(output: str) -> str:
+    start = output.index("from openai import OpenAI")
     end = output.index(STOP_HINT)
     return output[start:end]
+
+
+def _corpus_word_ratio(text: str) -> float:
+    corpus = load_corpus().words()
+    words = [w for w in (normalize_word(w) for w in text.split()) if w]
+    return sum(w in corpus for w in words) / len(words) if words else 0.0
 
 
 def test_printed_curl_answers_with_the_documented_class(stack: UpProcess) -> None:
@@ -124,10 +139,47 @@ def test_printed_tritonclient_snippet_works_over_http_and_grpc(stack: UpProcess)
         assert probabilities.index(max(probabilities)) == SAMPLE_CLASS
 
 
+def test_printed_streaming_curl_streams_the_chat_models_words(stack: UpProcess) -> None:
+    assert "registered model demo-chat version 1 (trained in " in stack.output
+    url, body = _printed_curl(stack.output, "/v1/")
+    assert url == f"http://127.0.0.1:{stack.http_port}/v1/chat/completions"
+    assert body["model"] == "demo-chat"
+    assert body["stream"] is True
+    events = []
+    with httpx.stream("POST", url, json=body, timeout=120) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(line.removeprefix("data: "))
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert {c["model"] for c in chunks} == {"demo-chat"}
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert len([c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]) >= 3
+    assert _corpus_word_ratio(text) >= 0.6, text
+
+
+def test_printed_openai_snippet_streams_an_answer_in_the_docs_words(stack: UpProcess) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _printed_openai_snippet(stack.output)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    answer = result.stdout.strip()
+    assert len(answer.split()) >= 3, answer
+    assert _corpus_word_ratio(answer) >= 0.6, answer
+    status = stack.deployment("demo-chat")
+    assert status["url"] == f"http://127.0.0.1:{stack.http_port}/v1"
+    assert status["readyReplicas"] == 1
+
+
 def test_bad_file_is_reported_with_line_and_field_and_others_serve(stack: UpProcess) -> None:
     stack.wait_for("broken.yaml:10: spec.autoscaling.maxReplicas:", 30)
     status = stack.status()
-    assert [d["name"] for d in status["deployments"]] == ["demo", "sleepy"]
+    assert [d["name"] for d in status["deployments"]] == ["demo", "demo-chat", "sleepy"]
     assert any("broken.yaml:10: spec.autoscaling.maxReplicas" in e for e in status["errors"])
     url, body = _printed_curl(stack.output)
     assert httpx.post(url, json=body, timeout=60).status_code == 200
@@ -199,28 +251,31 @@ def test_starting_runtimes_prints_nothing_from_grpc(stack: UpProcess) -> None:
 def test_sigterm_stops_everything_and_a_restart_resumes(stack: UpProcess, tmp_path: Path) -> None:
     assert stack.process is not None
     children = children_of(stack.process.pid)
-    assert len(children) >= 2  # the registry and at least the demo runtime
+    assert len(children) >= 3  # the registry and at least the demo's and demo-chat's runtimes
     assert stack.stop(signal.SIGTERM) == 0
     _wait(lambda: not any(alive(pid) for pid in children), "every child to exit", 30)
     assert not (stack.data_dir / "stack.json").exists()
-    assert "registered model demo" in stack.output
+    assert "registered model demo " in stack.output
+    assert "registered model demo-chat " in stack.output
     assert GRPC_FORK_LINE not in stack.output
 
     again = UpProcess(stack.data_dir, stack.deployments, stack.http_port, stack.grpc_port).start()
     try:
         again.wait_ready()
         assert "registered model demo" not in again.output
-        assert [d["name"] for d in again.status()["deployments"]] == ["demo", "sleepy"]
+        assert "training demo-chat" not in again.output
+        assert [d["name"] for d in again.status()["deployments"]] == ["demo", "demo-chat", "sleepy"]
         url, body = _printed_curl(again.output)
         assert httpx.post(url, json=body, timeout=60).status_code == 200
         with httpx.Client() as client:
             token = (stack.data_dir / "token").read_text().strip()
             stack_info = json.loads((stack.data_dir / "stack.json").read_text())
-            versions = client.get(
-                f"{stack_info['registryUrl']}/api/v1/models/demo/versions",
-                headers={"Authorization": f"Bearer {token}"},
-            ).json()
-        assert [v["version"] for v in versions["items"]] == [1]
+            for model in ("demo", "demo-chat"):
+                versions = client.get(
+                    f"{stack_info['registryUrl']}/api/v1/models/{model}/versions",
+                    headers={"Authorization": f"Bearer {token}"},
+                ).json()
+                assert [v["version"] for v in versions["items"]] == [1], model
     finally:
         assert again.stop(signal.SIGINT) == 0
     assert re.search(r"stopped\.", again.output)

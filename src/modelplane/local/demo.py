@@ -102,23 +102,23 @@ def train(out: Path, seed: int = 0, epochs: int = 60) -> TrainedDemo:
     return TrainedDemo(out, accuracy, float(loss.detach()), params)
 
 
-def ensure_demo(client: RegistryClient, workdir: Path) -> int | None:
-    """Register the demo once; returns the new version, or None when the registry already has it."""
+def has_ready_version(client: RegistryClient, name: str, description: str) -> bool:
+    """Whether model ``name`` has a READY version; creates the model (with ``description``) if missing."""
     try:
-        client.get_model(DEMO_NAME)
-        existing = True
+        client.get_model(name)
     except RegistryClientError as exc:
         if exc.status != 404:
             raise
-        existing = False
-    if existing:
-        for version in client.list_versions(DEMO_NAME):
-            if version.status == "READY":
-                return None
-    else:
-        client.create_model(
-            DEMO_NAME, description="Demo classifier made by `modelplane up` (3 classes, 4 features)"
-        )
+        client.create_model(name, description=description)
+        return False
+    return any(version.status == "READY" for version in client.list_versions(name))
+
+
+def ensure_demo(client: RegistryClient, workdir: Path) -> int | None:
+    """Register the demo once; returns the new version, or None when the registry already has it."""
+    description = "Demo classifier made by `modelplane up` (3 classes, 4 features)"
+    if has_ready_version(client, DEMO_NAME, description):
+        return None
     trained = train(workdir / "demo-model.pt")
     version = client.create_version(
         DEMO_NAME,

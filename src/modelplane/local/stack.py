@@ -2,7 +2,9 @@
 
 Start: take the data directory (one stack per directory), bind the router's ports (a port in use
 is reported with the flag that changes it), start the registry as a child process, register the
-demo model on first run, then run the router and the supervisor on this process's event loop.
+demo models on first run (``demo``, a classifier, and ``demo-chat``, a small language model trained
+on the docs: half a minute, once), then run the router and the supervisor on this process's
+event loop.
 Stop (Ctrl-C or SIGTERM): the router stops taking requests and drains, the runtimes drain and
 stop, the registry stops; nothing is left running.
 """
@@ -29,11 +31,12 @@ from rich.panel import Panel
 from rich.syntax import Syntax
 
 from modelplane.local.demo import DEMO_NAME, ensure_demo, write_demo_deployment
+from modelplane.local.demo_chat import DEMO_CHAT_NAME, ensure_demo_chat, write_demo_chat_deployment
 from modelplane.local.discovery import PushedDiscovery
 from modelplane.local.layout import AlreadyRunningError, DataDir, read_json, write_json
 from modelplane.local.processes import free_port, modelplane_command, spawn, terminate
 from modelplane.local.supervisor import Supervisor
-from modelplane.local.usage import curl_command, tritonclient_snippet
+from modelplane.local.usage import chat_curl_command, curl_command, openai_snippet, tritonclient_snippet
 from modelplane.local.view import plain_lines, status_view
 from modelplane.registry_client.client import RegistryClient
 from modelplane.resolution.registry import RegistryResolver
@@ -43,10 +46,15 @@ log = logging.getLogger("modelplane.up")
 
 READY_LINE = "Modelplane is ready."
 STOP_HINT = "Stop with Ctrl-C."  # the last line of what is printed once ready
+CHAT_HINT = "Try the chat model (OpenAI API, streamed):"
 
 
 class StackError(RuntimeError):
     """The stack cannot start; the message says what to do."""
+
+
+class _InterruptedError(Exception):
+    """Ctrl-C or SIGTERM during the demo's training: stop training, start nothing."""
 
 
 @dataclass(frozen=True)
@@ -207,6 +215,9 @@ class Stack:
                 )
                 if write_demo_deployment(deployments_dir):
                     self.console.print(f"deployment file: {deployments_dir / (DEMO_NAME + '.yaml')}")
+            await self._ensure_demo_chat(registry_url, token, deployments_dir)
+            if self.stop.is_set():
+                return 0
 
             async def activate(model: str) -> None:
                 if supervisor is not None:
@@ -265,6 +276,39 @@ class Stack:
                 loop.remove_signal_handler(sig)
             self.console.print("stopped.")
 
+    async def _ensure_demo_chat(self, registry_url: str, token: str, deployments_dir: Path) -> None:
+        """Register ``demo-chat`` on first run: training shows its steps and says how long it took."""
+        what = f"{DEMO_CHAT_NAME}, a small language model, on Modelplane's docs"
+        with (
+            self.console.status(f"checking the registry for {DEMO_CHAT_NAME}...") as status,
+            RegistryClient(registry_url, token=token) as client,
+        ):
+
+            def progress(step: int, steps: int, loss: float) -> None:
+                if self.stop.is_set():
+                    raise _InterruptedError
+                if step == 0:
+                    self.console.print(f"training {what} (first run only, about half a minute)...")
+                    status.update(f"training {what}: building the tokenizer...")
+                else:
+                    status.update(f"training {what}: step {step}/{steps}, loss {loss:.2f}")
+
+            try:
+                created = await asyncio.to_thread(ensure_demo_chat, client, self.data.root, progress)
+            except _InterruptedError:
+                self.console.print(f"{DEMO_CHAT_NAME}: training interrupted; the next run starts it again")
+                return
+        if created is None:
+            return
+        version, trained = created
+        self.console.print(
+            f"registered model [bold]{DEMO_CHAT_NAME}[/] version {version} (trained in "
+            f"{trained.seconds:.0f}s: {trained.parameters / 1e6:.2f}M parameters, "
+            f"{trained.training.steps} steps, final loss {trained.loss:.2f})"
+        )
+        if write_demo_chat_deployment(deployments_dir):
+            self.console.print(f"deployment file: {deployments_dir / (DEMO_CHAT_NAME + '.yaml')}")
+
     def _print_ready(self, registry_url: str, deployments_dir: Path) -> None:
         options = self.options
         self.console.print(f"[bold green]{READY_LINE}[/]")
@@ -277,12 +321,20 @@ class Stack:
         self.console.print("\nTry the demo model from another shell:\n")
         self.console.print(curl_command(options.http_port), soft_wrap=True, highlight=False, markup=False)
         self.console.print("\nor with tritonclient (Python):\n")
-        snippet = tritonclient_snippet(options.http_port, options.grpc_port)
+        self._print_python(tritonclient_snippet(options.http_port, options.grpc_port))
+        self.console.print(f"\n{CHAT_HINT}\n")
+        self.console.print(
+            chat_curl_command(options.http_port), soft_wrap=True, highlight=False, markup=False
+        )
+        self.console.print("\nor with the openai client (Python, `pip install openai`):\n")
+        self._print_python(openai_snippet(options.http_port))
+        self.console.print(f"{STOP_HINT}\n")
+
+    def _print_python(self, snippet: str) -> None:
         if self.console.is_terminal:
             self.console.print(Panel(Syntax(snippet, "python", theme="ansi_dark"), expand=False))
         else:
             self.console.print(snippet, soft_wrap=True, highlight=False, markup=False)
-        self.console.print(f"{STOP_HINT}\n")
 
     async def _show_status(self, supervisor: Supervisor) -> None:
         def current() -> dict[str, Any]:

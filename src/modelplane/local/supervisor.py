@@ -1,17 +1,21 @@
-"""The local supervisor: ModelDeployment files in a folder → ``modelplane runtime`` processes on loopback.
+"""The local supervisor: ModelDeployment files in a folder → runtime processes on loopback.
 
 Each step is level-triggered, like the operator's reconcile: read the folder (bad files are
 reported, the others go on), resolve each model through the registry, ask the operator's pure
 autoscaling :func:`decide` for the replicas (scale to zero and activation included), ask the pure
 :func:`plan` what to start and stop, do it, and hand the router the ready endpoints. Only the
 thin I/O lives here; the decisions are tested on their own.
+
+A replica runs what a serving pod runs (:mod:`modelplane.local.commands`): ``modelplane runtime``
+for a tensor model; for a causal language model ``modelplane prepare-model`` (the pod's init
+container) and, once it succeeded, ``modelplane llm-runtime``, whose OpenAI API the router serves
+at ``/v1``. A replica counts as starting until its last process is ready.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import subprocess
 import time
@@ -27,6 +31,7 @@ from modelplane.api.metrics import LoadReport
 from modelplane.autoscaling.decide import Decision, Settings
 from modelplane.autoscaling.load import ConcurrencyAverager, ModelLoad, Scrape
 from modelplane.autoscaling.scaler import PodCounts, Scaler
+from modelplane.local.commands import replica_commands, revision
 from modelplane.local.layout import DataDir, read_json, write_json
 from modelplane.local.plan import Action, ReplicaView, Start, Stop, Want, plan
 from modelplane.local.processes import free_port, modelplane_command, spawn, terminate
@@ -51,7 +56,7 @@ class RouteSink(Protocol):
 
 @dataclass
 class Replica:
-    """One runtime process."""
+    """One replica: its current process, and the commands still to run after it (``pending``)."""
 
     deployment: str
     slot: int
@@ -59,21 +64,32 @@ class Replica:
     version: int
     process: subprocess.Popen[bytes]
     http_port: int
-    grpc_port: int
+    grpc_port: int | None  # None: no gRPC (a language model's runtime speaks HTTP only)
     log_path: Path
     started: float
     ready: bool = False
+    pending: list[list[str]] = field(default_factory=list)
+
+    def step_done(self) -> bool:
+        """The current process succeeded and another command is to run next."""
+        return bool(self.pending) and self.process.poll() == 0
+
+    def running(self) -> bool:
+        return self.process.poll() is None
 
     def view(self) -> ReplicaView:
+        if self.step_done():
+            return ReplicaView(self.deployment, self.slot, self.revision, "starting")
         if self.process.poll() is not None:
             return ReplicaView(self.deployment, self.slot, self.revision, "exited")
-        return ReplicaView(self.deployment, self.slot, self.revision, "ready" if self.ready else "starting")
+        ready = self.ready and not self.pending
+        return ReplicaView(self.deployment, self.slot, self.revision, "ready" if ready else "starting")
 
     def endpoint(self) -> Endpoint:
         return Endpoint(
             key=f"127.0.0.1:{self.http_port}",
             http=f"http://127.0.0.1:{self.http_port}",
-            grpc=f"127.0.0.1:{self.grpc_port}",
+            grpc=None if self.grpc_port is None else f"127.0.0.1:{self.grpc_port}",
         )
 
 
@@ -230,7 +246,7 @@ class Supervisor:
     async def _resolve(self, tracked: Tracked, now: float) -> None:
         spec = tracked.deployment.spec
         options = ServingOptions.from_spec(spec)
-        key = repr((spec.model, options))
+        key = repr((spec.model, options, spec.llm, spec.runtime))
         if key == tracked.resolve_key and now - tracked.resolved_at < RESOLVE_EVERY_S:
             return
         tracked.resolve_key, tracked.resolved_at = key, now
@@ -247,14 +263,11 @@ class Supervisor:
             return
         tracked.problem = None
         tracked.resolved = resolved
-        config = resolved.served.config_pbtxt
-        revision = hashlib.sha256(config.encode()).hexdigest()[:12]
-        if revision != tracked.revision:
-            self._write_repository(tracked.deployment.name, revision, resolved)
-            log.info(
-                "deployment %s: %s (revision %s)", tracked.deployment.name, resolved.description, revision
-            )
-            tracked.revision = revision
+        wanted = revision(spec, resolved.served, self.drain_timeout_s)
+        if wanted != tracked.revision:
+            self._write_repository(tracked.deployment.name, wanted, resolved)
+            log.info("deployment %s: %s (revision %s)", tracked.deployment.name, resolved.description, wanted)
+            tracked.revision = wanted
 
     def _repository(self, deployment: str, revision: str) -> Path:
         return self.data.repositories / deployment / revision
@@ -263,14 +276,18 @@ class Supervisor:
         served = resolved.served
         folder = self._repository(deployment, revision) / served.model_name
         (folder / str(served.version or 1)).mkdir(parents=True, exist_ok=True)
-        (folder / "config.pbtxt").write_text(served.config_pbtxt)
+        if served.kind == "tensor":  # a language model's directory is fetched by its replicas
+            (folder / "config.pbtxt").write_text(served.config_pbtxt)
 
     # -- processes --------------------------------------------------------------------------------
 
     async def _check_health(self) -> None:
         if self._http is None:
             self._http = httpx.AsyncClient(timeout=1.0, trust_env=False)
-        starting = [r for r in self.replicas.values() if not r.ready and r.process.poll() is None]
+        for replica in self.replicas.values():
+            if replica.step_done():
+                self._next_command(replica)
+        starting = [r for r in self.replicas.values() if not r.ready and r.running() and not r.pending]
         results = await asyncio.gather(
             *(self._http.get(f"http://127.0.0.1:{r.http_port}/v2/health/ready") for r in starting),
             return_exceptions=True,
@@ -287,8 +304,8 @@ class Supervisor:
         key = (action.deployment, action.slot)
         if isinstance(action, Stop):
             replica = self.replicas.pop(key, None)
-            if replica is None:
-                return
+            if replica is None or replica.step_done():
+                return  # (or stopped between its model download and its runtime: nothing runs)
             if replica.process.poll() is not None:
                 restarts = self.restarts.get(key, 0) + 1
                 self.restarts[key] = restarts
@@ -307,31 +324,46 @@ class Supervisor:
             return
         self._start(action, now)
 
+    def _spawn(self, command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+        return spawn([*modelplane_command(), *command], log_path, {ARTIFACT_TOKEN_ENV: self.artifact_token})
+
+    def _next_command(self, replica: Replica) -> None:
+        """The replica's previous command succeeded (a model download): run the next one."""
+        command = replica.pending.pop(0)
+        replica.process = self._spawn(command, replica.log_path)
+        log.info(
+            "%s replica %d: started %s (pid %d)",
+            replica.deployment, replica.slot, command[0], replica.process.pid,
+        )  # fmt: skip
+
     def _start(self, action: Start, now: float) -> None:
         tracked = self.tracked[action.deployment]
         assert tracked.resolved is not None
-        http_port, grpc_port = free_port(), free_port()
+        served = tracked.resolved.served
+        http_port = free_port()
+        grpc_port = free_port() if served.kind == "tensor" else None
         log_path = self.data.logs / f"runtime-{action.deployment}-{action.slot}.log"
-        command = [
-            *modelplane_command(), "runtime",
-            "--model-repository", str(self._repository(action.deployment, action.revision)),
-            "--host", "127.0.0.1",
-            "--http-port", str(http_port),
-            "--grpc-port", str(grpc_port),
-            "--cache-dir", str(self.data.cache),
-            "--drain-timeout", str(self.drain_timeout_s),
-        ]  # fmt: skip
-        process = spawn(command, log_path, {ARTIFACT_TOKEN_ENV: self.artifact_token})
+        first, *pending = replica_commands(
+            tracked.deployment.spec,
+            served,
+            self._repository(action.deployment, action.revision),
+            http_port=http_port,
+            grpc_port=grpc_port,
+            cache_dir=self.data.cache,
+            drain_timeout_s=self.drain_timeout_s,
+        )
+        process = self._spawn(first, log_path)
         self.replicas[(action.deployment, action.slot)] = Replica(
             action.deployment,
             action.slot,
             action.revision,
-            tracked.resolved.served.version or 1,
+            served.version or 1,
             process,
             http_port,
             grpc_port,
             log_path,
             now,
+            pending=pending,
         )
         self.blocked.pop((action.deployment, action.slot), None)
         log.info(
@@ -385,7 +417,7 @@ class Supervisor:
             ready = [
                 r
                 for key, r in sorted(self.replicas.items())
-                if r.deployment == name and r.ready and key != exclude and r.process.poll() is None
+                if r.deployment == name and r.view().state == "ready" and key != exclude
             ]
             endpoints: dict[str, list[Endpoint]] = {}
             for replica in ready:
@@ -402,6 +434,7 @@ class Supervisor:
                 endpoints=endpoints,
                 scaled_to_zero=True,
                 backend_model=tracked.deployment.spec.model.name,
+                generative=tracked.resolved.served.kind == "generative",
             )
         return routes
 
@@ -411,8 +444,9 @@ class Supervisor:
         for name, tracked in sorted(self.tracked.items()):
             spec = tracked.deployment.spec
             mine = [r for r in self.replicas.values() if r.deployment == name]
-            ready = sum(1 for r in mine if r.ready and r.process.poll() is None)
+            ready = sum(1 for r in mine if r.view().state == "ready")
             served = tracked.resolved.served if tracked.resolved else None
+            path = "/v1" if served is not None and served.kind == "generative" else f"/v2/models/{name}"
             rows.append(
                 {
                     "name": name,
@@ -424,7 +458,7 @@ class Supervisor:
                     "readyReplicas": ready,
                     "replicas": tracked.scale,
                     "gpus": spec.resources.gpu.count * len(mine),
-                    "url": f"http://127.0.0.1:{self.router_http_port}/v2/models/{name}",
+                    "url": f"http://127.0.0.1:{self.router_http_port}{path}",
                     "created": tracked.created,
                     "problem": tracked.problem,
                     "autoscaling": {
@@ -439,7 +473,7 @@ class Supervisor:
                             "pid": r.process.pid,
                             "state": r.view().state,
                             "http": f"127.0.0.1:{r.http_port}",
-                            "grpc": f"127.0.0.1:{r.grpc_port}",
+                            "grpc": "-" if r.grpc_port is None else f"127.0.0.1:{r.grpc_port}",
                             "revision": r.revision,
                             "log": str(r.log_path),
                         }
