@@ -310,7 +310,11 @@ class BatchingSpec(ApiModel):
         "generated together (`max_num_seqs`).",
     )
     max_latency_ms: float = Field(
-        default=5.0, ge=0, le=10000, description="Longest a request waits for a batch."
+        default=5.0,
+        ge=0,
+        le=10000,
+        description="Longest a request waits for a batch; it waits only while other clients are "
+        "likely to join (a lone client never waits).",
     )
 
 
