@@ -1,6 +1,8 @@
 """Serving runtime vs KServe and MLServer: one TorchScript MLP over V2 REST (wrk) and gRPC, side by side.
 
-Peers, one server at a time on the same machine: this runtime (``modelplane runtime``), KServe's
+Peers, one server at a time on the same machine: this runtime (``modelplane runtime``) as a
+ModelDeployment configures it by default (dynamic batching, ``maxBatchSize: 32``, ``maxLatencyMs:
+5``) and with batching off (``modelplane-nobatch``, what batching costs or buys), KServe's
 Python ModelServer, Seldon MLServer (default settings and ``parallel_workers: 0``), and a bare
 FastAPI endpoint doing the same forward (the reference for latency at concurrency 1). KServe and
 MLServer run in their own virtualenvs under ``benchmarks/.work/`` (created on first use with pip;
@@ -84,12 +86,12 @@ def prepare(model_path: Path, peers: list[str]) -> list[Peer]:
     result: list[Peer] = []
     for name in peers:
         http_port, grpc_port = free_port(), free_port()
-        if name == "modelplane":
-            repo = WORK / "repo-modelplane"
+        if name in ("modelplane", "modelplane-nobatch"):
+            repo = WORK / f"repo-{name}"
             shutil.rmtree(repo, ignore_errors=True)
             (repo / "mlp" / "1").mkdir(parents=True)
             shutil.copy(model_path, repo / "mlp" / "1" / "model.pt")
-            (repo / "mlp" / "config.pbtxt").write_text(mlp_config("mlp", max_batch_size=64, delay_us=0))
+            (repo / "mlp" / "config.pbtxt").write_text(runtime_config(batching=name == "modelplane"))
             command = [
                 str(Path(sys.executable).parent / "modelplane"),
                 "runtime",
@@ -163,6 +165,20 @@ def prepare(model_path: Path, peers: list[str]) -> list[Peer]:
         else:
             raise SystemExit(f"unknown peer {name!r}")
     return result
+
+
+# What the operator writes for a ModelDeployment's defaults (spec.batching: maxBatchSize 32,
+# maxLatencyMs 5.0): the configuration a user gets without tuning anything.
+DEFAULT_MAX_BATCH = 32
+DEFAULT_DELAY_US = 5000
+
+
+def runtime_config(*, batching: bool) -> str:
+    """The runtime's config for the MLP: the deployment defaults, or no dynamic batching at all."""
+    config = mlp_config("mlp", max_batch_size=DEFAULT_MAX_BATCH, delay_us=DEFAULT_DELAY_US)
+    if batching:
+        return config
+    return "\n".join(line for line in config.splitlines() if not line.startswith("dynamic_batching"))
 
 
 def group_cpu_seconds(pgid: int) -> float:
@@ -345,7 +361,9 @@ def main() -> None:
     parser.add_argument("--rest", default="1,8,64", help="REST concurrencies")
     parser.add_argument("--grpc", default="8,64", help="gRPC concurrencies")
     parser.add_argument(
-        "--peers", default="modelplane,fastapi,kserve,mlserver,mlserver-pw0", help="comma-separated peers"
+        "--peers",
+        default="modelplane,modelplane-nobatch,fastapi,kserve,mlserver,mlserver-pw0",
+        help="comma-separated peers",
     )
     parser.add_argument(
         "--rounds", type=int, default=3, help="repeats of every point; the median is reported"
@@ -404,6 +422,9 @@ def main() -> None:
             {
                 "machine": info,
                 "command": " ".join(sys.argv),
+                "commit": git_commit(),
+                "peer_versions": peer_versions(args.peers.split(",")),
+                "batching_targets": batching_verdicts(results),
                 "torch_limit": limit,
                 "results_median": results,
                 "rounds": raw,
@@ -413,6 +434,62 @@ def main() -> None:
         + "\n"
     )
     print(f"raw results: {args.output}")
+
+
+def git_commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE, check=False)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain"], capture_output=True, text=True, cwd=HERE, check=False
+    )
+    return out.stdout.strip() + (" (with working tree changes)" if dirty.stdout.strip() else "")
+
+
+def peer_versions(peers: list[str]) -> dict[str, str]:
+    """The versions of the peers' packages, from their virtualenvs (and this one's)."""
+    from importlib.metadata import version
+
+    found = {"modelplane": version("modelplane"), "torch": torch.__version__, "wrk": wrk_version()}
+    for name, packages in PEER_PACKAGES.items():
+        if not any(p.startswith(name) for p in peers):
+            continue
+        python = WORK / f"venv-{name}" / "bin" / "python"
+        for package in packages:
+            bare = package.split("<")[0].split("=")[0]
+            out = subprocess.run(
+                [str(python), "-c", f"from importlib.metadata import version; print(version({bare!r}))"],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            found[bare] = out.stdout.strip() or "unknown"
+    return found
+
+
+def wrk_version() -> str:
+    out = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
+    return (out.stdout + out.stderr).split("[")[0].strip() or "unknown"
+
+
+def batching_verdicts(results: dict[str, dict[str, dict[str, float]]]) -> list[dict[str, object]]:
+    """Issue 23's targets for batching that never costs a lone request, from one run's medians."""
+    ours, off, kserve = (results.get(n, {}) for n in ("modelplane", "modelplane-nobatch", "kserve"))
+    verdicts: list[dict[str, object]] = []
+
+    def add(name: str, value: float, target: float, met: bool) -> None:
+        verdicts.append({"target": name, "value": round(value, 3), "goal": target, "met": met})
+
+    if "rest_c1" in ours and "rest_c1" in kserve:
+        ratio = ours["rest_c1"]["rps"] / kserve["rest_c1"]["rps"]
+        add("c=1 req/s vs KServe (x)", ratio, 2.5, ratio >= 2.5)
+    if "rest_c1" in ours and "rest_c1" in off:
+        gap = ours["rest_c1"]["p50_ms"] - off["rest_c1"]["p50_ms"]
+        add("c=1 p50 minus batching off (ms)", gap, 0.1, gap <= 0.1)
+    if "rest_c64" in ours and "rest_c64" in kserve:
+        ratio = ours["rest_c64"]["rps"] / kserve["rest_c64"]["rps"]
+        add("c=64 req/s vs KServe (x)", ratio, 5.0, ratio >= 5.0)
+        p99 = ours["rest_c64"]["p99_ms"] / kserve["rest_c64"]["p99_ms"]
+        add("c=64 p99 vs KServe's (x)", p99, 0.25, p99 <= 0.25)
+    return verdicts
 
 
 def median_point(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -455,6 +532,9 @@ def report(results: dict[str, dict[str, dict[str, float]]], limit: dict[str, flo
                     f"modelplane / {other:13} {p:10} req/s {ratio:5.2f}x   "
                     f"requests per CPU-second {cpu:5.2f}x"
                 )
+    for verdict in batching_verdicts(results):
+        state = "met   " if verdict["met"] else "MISSED"
+        print(f"  {state} {verdict['target']:34} {verdict['value']} (goal {verdict['goal']})")
     if "fastapi" in results and "rest_c1" in ours:
         print(
             f"REST c=1 p50: modelplane {ours['rest_c1']['p50_ms']:.3f} ms vs bare FastAPI "

@@ -1,10 +1,12 @@
 """KServe's Python ModelServer serving the benchmark's TorchScript MLP (V2 REST and gRPC).
 
 Run inside the kserve virtualenv: ``python kserve_mlp.py --model_path M --http_port P --grpc_port G``
-(kserve parses its own flags from the command line).
+(kserve parses its own flags from the command line). Per-request logging is off, as for every peer:
+no latency logging and no access log (KServe's defaults have both on).
 """
 
 import argparse
+import logging
 
 import torch
 from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
@@ -31,6 +33,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(parents=[kserve_model_server.parser])
     parser.add_argument("--model_path", required=True)
     args, _ = parser.parse_known_args()
-    ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, workers=1).start(
-        [TorchMLP("mlp", args.model_path)]
+    server = ModelServer(
+        http_port=args.http_port, grpc_port=args.grpc_port, workers=1, enable_latency_logging=False
     )
+    logging.getLogger("uvicorn.access").disabled = True  # configured with a handler by KServe
+    server.start([TorchMLP("mlp", args.model_path)])
