@@ -17,6 +17,7 @@ import torch
 
 from modelplane.serving.runtime.datatypes import JSON_KINDS, NUMPY_DTYPES
 from modelplane.serving.runtime.errors import bad_request
+from modelplane.serving.runtime.shared_memory import SharedMemoryRegistry, TensorPlace, tensor_place
 
 #: Upper bound on the elements of one tensor, whatever its body size (guards absurd shapes).
 MAX_ELEMENTS = 1 << 31
@@ -37,6 +38,8 @@ class Tensor:
 class RequestedOutput:
     name: str
     binary: bool
+    #: Where to write it when the request puts it in shared memory (then the answer carries no data).
+    place: TensorPlace | None = None
 
 
 @dataclass(slots=True)
@@ -49,6 +52,10 @@ class InferRequest:
     outputs: list[RequestedOutput] | None
     #: Default for outputs not listed (``parameters.binary_data_output``).
     binary_output: bool = False
+
+    def shared_outputs(self) -> frozenset[str]:
+        """Names of the outputs the request has written to shared memory (answered without data)."""
+        return frozenset(o.name for o in self.outputs or () if o.place is not None)
 
 
 def check_shape(name: str, shape: Any) -> tuple[tuple[int, ...], int]:
@@ -111,8 +118,38 @@ def array_from_json(
     return array.astype(dtype, copy=False).reshape(shape)
 
 
-def decode_request(body: bytes, header_length: int | None) -> InferRequest:
-    """Decode an HTTP infer body; ``header_length`` is ``Inference-Header-Content-Length`` if sent."""
+def shared_input(
+    shared_memory: SharedMemoryRegistry | None,
+    name: str,
+    place: TensorPlace,
+    datatype: str,
+    shape: tuple[int, ...],
+) -> np.ndarray[Any, Any]:
+    """An input read in place from a registered shared memory region (both front ends)."""
+    if shared_memory is None:
+        raise bad_request(f"input {name!r}: shared memory is not served here")
+    return shared_memory.read(f"input {name!r}", place, datatype, shape)
+
+
+def shared_output(
+    shared_memory: SharedMemoryRegistry | None, name: str, binary: bool, params: dict[str, Any]
+) -> RequestedOutput:
+    """A requested output, with its shared memory place checked against the registry if it has one."""
+    place = tensor_place(f"output {name!r}", params)
+    if place is not None:
+        if shared_memory is None:
+            raise bad_request(f"output {name!r}: shared memory is not served here")
+        shared_memory.check(f"output {name!r}", place)
+    return RequestedOutput(name, binary, place)
+
+
+def decode_request(
+    body: bytes, header_length: int | None, shared_memory: SharedMemoryRegistry | None = None
+) -> InferRequest:
+    """Decode an HTTP infer body; ``header_length`` is ``Inference-Header-Content-Length`` if sent.
+
+    Inputs and outputs placed in shared memory are looked up in ``shared_memory``.
+    """
     if header_length is None:
         json_part, binary = body, b""
     else:
@@ -153,7 +190,15 @@ def decode_request(body: bytes, header_length: int | None) -> InferRequest:
         if not isinstance(params, dict):
             raise bad_request(f"input {name!r}: 'parameters' must be an object")
         size = params.get("binary_data_size")
-        if size is not None:
+        place = tensor_place(f"input {name!r}", params)
+        if place is not None:
+            if size is not None or "data" in raw:
+                raise bad_request(
+                    f"input {name!r}: its data is in shared memory; it must not have 'data' or "
+                    "binary_data_size as well"
+                )
+            array = shared_input(shared_memory, name, place, datatype, shape)
+        elif size is not None:
             if type(size) is not int or size < 0:
                 raise bad_request(f"input {name!r}: binary_data_size must be a non-negative integer")
             if offset + size > len(binary):
@@ -189,7 +234,8 @@ def decode_request(body: bytes, header_length: int | None) -> InferRequest:
             oparams = raw.get("parameters") or {}
             if not isinstance(oparams, dict):
                 raise bad_request(f"output {raw['name']!r}: 'parameters' must be an object")
-            outputs.append(RequestedOutput(raw["name"], bool(oparams.get("binary_data", binary_output))))
+            wants_binary = bool(oparams.get("binary_data", binary_output))
+            outputs.append(shared_output(shared_memory, raw["name"], wants_binary, oparams))
     return InferRequest(request_id, inputs, outputs, binary_output)
 
 
@@ -206,16 +252,20 @@ def encode_response(
     model_version: str,
     request_id: str,
     outputs: list[tuple[str, str, np.ndarray[Any, Any], bool]],
+    shared: frozenset[str] = frozenset(),
 ) -> tuple[bytes, int | None]:
     """Encode outputs ``(name, datatype, array, binary)``; returns the body and the JSON header length.
 
-    The header length is ``None`` when no output is binary, so the body is plain JSON.
+    The header length is ``None`` when no output is binary, so the body is plain JSON. Outputs named
+    in ``shared`` were written to shared memory: their entries carry no data, as the protocol says.
     """
     entries: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for name, datatype, array, binary in outputs:
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
-        if binary:
+        if name in shared:  # already in its shared memory region
+            pass
+        elif binary:
             raw = np.ascontiguousarray(array).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)

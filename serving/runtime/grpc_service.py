@@ -1,8 +1,9 @@
 """The V2 gRPC front end: ``inference.GRPCInferenceService`` on ``grpc.aio``, as tritonclient.grpc expects.
 
-Tensors arrive in ``raw_input_contents`` (what tritonclient sends) or in the typed ``contents``
-fields; outputs always go back in ``raw_output_contents``. Errors use the gRPC code matching the
-HTTP status the HTTP front end would send.
+Tensors arrive in ``raw_input_contents`` (what tritonclient sends; one entry per input not in shared
+memory) or in the typed ``contents`` fields; outputs go back in ``raw_output_contents`` (an empty
+entry for an output written to shared memory, so the entries stay aligned with the outputs).
+Errors use the gRPC code matching the HTTP status the HTTP front end would send.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from modelplane import __version__
 from modelplane.serving.runtime.codec import (
     SUPPORTED,
     InferRequest,
-    RequestedOutput,
     Tensor,
     array_from_bytes,
     array_from_json,
     check_shape,
+    shared_input,
+    shared_output,
 )
 from modelplane.serving.runtime.datatypes import NUMPY_DTYPES
 from modelplane.serving.runtime.errors import InferenceError, bad_request
@@ -31,6 +33,14 @@ from modelplane.serving.runtime.inference import infer, model_metadata
 from modelplane.serving.runtime.lifecycle import Lifecycle
 from modelplane.serving.runtime.metrics import RuntimeMetrics
 from modelplane.serving.runtime.models import ModelManager, ServedModel
+from modelplane.serving.runtime.shared_memory import (
+    BYTE_SIZE,
+    CUDA_UNAVAILABLE,
+    OFFSET,
+    REGION,
+    SharedMemoryRegistry,
+    tensor_place,
+)
 from modelplane.serving.runtime.statistics import model_statistics_proto
 
 STATUS_TO_CODE = {
@@ -57,25 +67,44 @@ _CONTENT_FIELDS = {
 }
 
 
-def decode_grpc_request(request: Any) -> InferRequest:
+def shared_memory_params(params: Any) -> dict[str, Any]:
+    """The shared memory entries of a tensor's ``InferParameter`` map, as plain values."""
+    found: dict[str, Any] = {}
+    for key in (REGION, BYTE_SIZE, OFFSET):
+        if key in params:
+            choice = params[key].WhichOneof("parameter_choice")
+            found[key] = None if choice is None else getattr(params[key], choice)
+    return found
+
+
+def decode_grpc_request(request: Any, shared_memory: SharedMemoryRegistry | None = None) -> InferRequest:
     """ModelInferRequest -> :class:`InferRequest`, with the same checks as the HTTP codec."""
-    raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise bad_request(
-            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; send one per input"
-        )
     if not request.inputs:
         raise bad_request("request must have at least one input")
+    places = [tensor_place(f"input {t.name!r}", shared_memory_params(t.parameters)) for t in request.inputs]
+    raw = request.raw_input_contents
+    in_messages = sum(place is None for place in places)
+    if raw and len(raw) != in_messages:
+        raise bad_request(
+            f"raw_input_contents has {len(raw)} entries for {in_messages} inputs not in shared memory; "
+            "send one per input"
+        )
     inputs: list[Tensor] = []
-    for i, tensor in enumerate(request.inputs):
+    next_raw = 0
+    for tensor, place in zip(request.inputs, places, strict=True):
         name, datatype = tensor.name, tensor.datatype
         if datatype not in NUMPY_DTYPES:
             raise bad_request(
                 f"input {name!r}: datatype {datatype!r} is not supported; use one of {SUPPORTED}"
             )
         shape, count = check_shape(name, list(tensor.shape))
-        if raw:
-            array = array_from_bytes(name, datatype, shape, count, raw[i])
+        if place is not None:
+            if tensor.HasField("contents"):
+                raise bad_request(f"input {name!r}: its data is in shared memory; it must not have contents")
+            array = shared_input(shared_memory, name, place, datatype, shape)
+        elif raw:
+            array = array_from_bytes(name, datatype, shape, count, raw[next_raw])
+            next_raw += 1
         else:
             field = _CONTENT_FIELDS.get(datatype)
             if field is None:
@@ -83,15 +112,25 @@ def decode_grpc_request(request: Any) -> InferRequest:
             values = list(getattr(tensor.contents, field))
             array = array_from_json(name, datatype, shape, count, values)
         inputs.append(Tensor(name, datatype, shape, array))
-    outputs = [RequestedOutput(o.name, True) for o in request.outputs] or None
+    outputs = [
+        shared_output(shared_memory, o.name, True, shared_memory_params(o.parameters))
+        for o in request.outputs
+    ] or None
     return InferRequest(request.id, inputs, outputs, True)
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-    def __init__(self, manager: ModelManager, metrics: RuntimeMetrics, lifecycle: Lifecycle) -> None:
+    def __init__(
+        self,
+        manager: ModelManager,
+        metrics: RuntimeMetrics,
+        lifecycle: Lifecycle,
+        shared_memory: SharedMemoryRegistry | None = None,
+    ) -> None:
         self.manager = manager
         self.metrics = metrics
         self.lifecycle = lifecycle
+        self.shared_memory = shared_memory if shared_memory is not None else SharedMemoryRegistry()
 
     async def _abort(self, context: Any, exc: InferenceError) -> None:
         await context.abort(STATUS_TO_CODE.get(exc.status, grpc.StatusCode.UNKNOWN), exc.message)
@@ -157,16 +196,18 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         try:
             model = self.manager.resolve(name, request.model_version or None)
             decoding = time.perf_counter_ns()
-            decoded = decode_grpc_request(request)
+            decoded = decode_grpc_request(request, self.shared_memory)
             input_ns = time.perf_counter_ns() - decoding
-            outputs = await infer(model, decoded)
+            outputs = await infer(model, decoded, self.shared_memory)
             encoding = time.perf_counter_ns()
             response = service_pb2.ModelInferResponse(
                 model_name=name, model_version=str(model.version), id=request.id
             )
+            shared = decoded.shared_outputs()
             for out_name, datatype, array, _binary in outputs:
                 response.outputs.add(name=out_name, datatype=datatype, shape=array.shape)
-                response.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
+                data = b"" if out_name in shared else np.ascontiguousarray(array).tobytes()
+                response.raw_output_contents.append(data)
             model.stats.request_succeeded(
                 int((time.perf_counter() - started) * 1e9), input_ns, time.perf_counter_ns() - encoding
             )
@@ -189,6 +230,45 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             await self._abort(context, exc)
             raise
         return model_statistics_proto(entries)
+
+    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:  # noqa: N802
+        try:
+            regions = self.shared_memory.status(request.name)
+        except InferenceError as exc:
+            await self._abort(context, exc)
+            raise
+        response = service_pb2.SystemSharedMemoryStatusResponse()
+        for region in regions:
+            response.regions[region.name].CopyFrom(
+                service_pb2.SystemSharedMemoryStatusResponse.RegionStatus(
+                    name=region.name, key=region.key, offset=region.offset, byte_size=region.byte_size
+                )
+            )
+        return response
+
+    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:  # noqa: N802
+        try:
+            self.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+        except InferenceError as exc:
+            await self._abort(context, exc)
+            raise
+        return service_pb2.SystemSharedMemoryRegisterResponse()
+
+    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.shared_memory.unregister(request.name)
+        return service_pb2.SystemSharedMemoryUnregisterResponse()
+
+    async def _no_cuda(self, context: Any) -> Any:
+        await self._abort(context, bad_request(CUDA_UNAVAILABLE))
+
+    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return await self._no_cuda(context)
+
+    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return await self._no_cuda(context)
+
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return await self._no_cuda(context)
 
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:  # noqa: N802
         response = service_pb2.RepositoryIndexResponse()

@@ -2,7 +2,9 @@
 
 Routes: ``/v2``, ``/v2/health/{live,ready}``,
 ``/v2/models/{m}[/versions/{v}][/ready|/infer|/config|/stats]``, ``/v2/models/stats``,
-``/v2/repository/index``, ``/v2/repository/models/{m}/{load,unload}``, ``/metrics``.
+``/v2/repository/index``, ``/v2/repository/models/{m}/{load,unload}``,
+``/v2/systemsharedmemory[/region/{r}]/{status,register,unregister}`` (``cudasharedmemory``: refused),
+``/metrics``.
 Every error is ``{"error": "..."}`` with the status from :class:`InferenceError`.
 """
 
@@ -24,6 +26,7 @@ from modelplane.serving.runtime.lifecycle import Lifecycle
 from modelplane.serving.runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from modelplane.serving.runtime.metrics import RuntimeMetrics
 from modelplane.serving.runtime.models import ModelManager, ServedModel
+from modelplane.serving.runtime.shared_memory import CUDA_UNAVAILABLE, SharedMemoryRegistry
 from modelplane.serving.runtime.statistics import model_statistics_json
 
 Scope = MutableMapping[str, Any]
@@ -33,7 +36,13 @@ Send = Callable[[Message], Awaitable[None]]
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 #: Triton's names of the protocol extensions served (``GET /v2`` and gRPC ServerMetadata list them).
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "statistics"]
+EXTENSIONS = [
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+    "statistics",
+    "system_shared_memory",
+]
 
 _JSON = [(b"content-type", b"application/json")]
 _BINARY = b"application/octet-stream"
@@ -62,6 +71,8 @@ def route(method: str, path: str) -> tuple[str, str, str | None]:
         if len(rest) == 4 and rest[1] == "models" and rest[3] in ("load", "unload") and method == "POST":
             return (rest[3], rest[2], None)
         return ("", "", None)
+    if rest[0] in ("systemsharedmemory", "cudasharedmemory"):
+        return shared_memory_route(method, rest)
     if rest[0] != "models" or len(rest) < 2:
         return ("", "", None)
     if rest == ["models", "stats"]:
@@ -82,6 +93,21 @@ def route(method: str, path: str) -> tuple[str, str, str | None]:
     return ("", "", None)
 
 
+def shared_memory_route(method: str, rest: list[str]) -> tuple[str, str, str | None]:
+    """``systemsharedmemory[/region/NAME]/status|register|unregister`` -> ``(shm_ACTION, NAME, None)``;
+    every ``cudasharedmemory`` call of the same shapes -> ``("cuda_shm", NAME, None)``."""
+    if len(rest) == 2:
+        name, verb = "", rest[1]
+    elif len(rest) == 4 and rest[1] == "region" and rest[2]:
+        name, verb = rest[2], rest[3]
+    else:
+        return ("", "", None)
+    wanted = {"status": "GET", "register": "POST", "unregister": "POST"}.get(verb)
+    if wanted != method or (verb == "register" and not name):
+        return ("", "", None)
+    return ("cuda_shm" if rest[0] == "cudasharedmemory" else f"shm_{verb}", name, None)
+
+
 class HttpApp:
     def __init__(
         self,
@@ -89,11 +115,13 @@ class HttpApp:
         metrics: RuntimeMetrics,
         lifecycle: Lifecycle,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        shared_memory: SharedMemoryRegistry | None = None,
     ) -> None:
         self.manager = manager
         self.metrics = metrics
         self.lifecycle = lifecycle
         self.max_body_bytes = max_body_bytes
+        self.shared_memory = shared_memory if shared_memory is not None else SharedMemoryRegistry()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -105,8 +133,11 @@ class HttpApp:
             if action == "infer":
                 await self._infer(scope, receive, send, name, version)
                 return
-            if action in ("index", "load", "unload"):
+            if action in ("index", "load", "unload", "shm_unregister", "cuda_shm"):
                 await self._read_body(scope, receive)
+            if action == "shm_register":
+                await self._register(name, await self._read_body(scope, receive), send)
+                return
             await self._simple(action, name, version, send)
         except InferenceError as exc:
             await _respond(send, exc.status, error_body(exc.message), _error_headers(exc.status))
@@ -150,6 +181,14 @@ class HttpApp:
         elif action == "unload":
             await self.manager.unload(name)
             await _respond(send, 200, b"", _JSON)
+        elif action == "shm_status":
+            regions = [region.as_json() for region in self.shared_memory.status(name)]
+            await _respond(send, 200, orjson.dumps(regions), _JSON)
+        elif action == "shm_unregister":
+            self.shared_memory.unregister(name)
+            await _respond(send, 200, b"", _JSON)
+        elif action == "cuda_shm":
+            raise bad_request(CUDA_UNAVAILABLE)
         elif action == "metrics":
             await _respond(
                 send, 200, self.metrics.render(), [(b"content-type", METRICS_CONTENT_TYPE.encode())]
@@ -158,6 +197,17 @@ class HttpApp:
             await _respond(
                 send, 404, error_body("not found: see the V2 inference protocol for the routes"), _JSON
             )
+
+    async def _register(self, name: str, body: bytes, send: Send) -> None:
+        """Register a system shared memory region from ``{"key", "offset", "byte_size"}``."""
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise bad_request(f"register body is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise bad_request('register body must be a JSON object {"key", "offset", "byte_size"}')
+        self.shared_memory.register(name, doc.get("key"), doc.get("offset", 0), doc.get("byte_size"))
+        await _respond(send, 200, b"", _JSON)
 
     async def _infer(
         self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None
@@ -184,11 +234,13 @@ class HttpApp:
                 header_length = _header_length(scope)
                 model = self.manager.resolve(name, version)
                 decoding = time.perf_counter_ns()
-                request = decode_request(body, header_length)
+                request = decode_request(body, header_length, self.shared_memory)
                 input_ns = time.perf_counter_ns() - decoding
-                outputs = await infer(model, request)
+                outputs = await infer(model, request, self.shared_memory)
                 encoding = time.perf_counter_ns()
-                payload, json_length = encode_response(name, str(model.version), request.id, outputs)
+                payload, json_length = encode_response(
+                    name, str(model.version), request.id, outputs, request.shared_outputs()
+                )
                 model.stats.request_succeeded(_ns_since(started), input_ns, time.perf_counter_ns() - encoding)
             except InferenceError as exc:
                 code = str(exc.status)

@@ -27,6 +27,7 @@ from modelplane.serving.runtime.http_protocol import CorkedHttpToolsProtocol
 from modelplane.serving.runtime.lifecycle import Lifecycle
 from modelplane.serving.runtime.metrics import RuntimeMetrics
 from modelplane.serving.runtime.models import ModelManager
+from modelplane.serving.runtime.shared_memory import SharedMemoryRegistry
 
 log = logging.getLogger("modelplane.runtime")
 
@@ -69,7 +70,8 @@ async def serve(options: RuntimeOptions) -> None:
     lifecycle = Lifecycle()
     manager = ModelManager(options.model_repository, cache_dir, metrics)
 
-    app = HttpApp(manager, metrics, lifecycle, options.max_body_bytes)
+    shared_memory = SharedMemoryRegistry()  # system shared memory regions, one set for both protocols
+    app = HttpApp(manager, metrics, lifecycle, options.max_body_bytes, shared_memory)
     config = uvicorn.Config(
         app,
         host=options.host,
@@ -87,7 +89,7 @@ async def serve(options: RuntimeOptions) -> None:
     )
     http_server = _HttpServer(config)
     grpc_server, grpc_port = create_server(
-        InferenceServicer(manager, metrics, lifecycle),
+        InferenceServicer(manager, metrics, lifecycle, shared_memory),
         f"{options.host}:{options.grpc_port}",
         options.max_body_bytes,
     )
@@ -121,6 +123,7 @@ async def serve(options: RuntimeOptions) -> None:
         stop_task.cancel()
         await grpc_server.stop(0)
         await manager.close()
+        shared_memory.close()
         raise SystemExit(f"the HTTP server stopped: cannot serve on {options.host}:{options.http_port}")
 
     if options.drain_delay_s > 0:
@@ -140,6 +143,7 @@ async def serve(options: RuntimeOptions) -> None:
     if metrics_server is not None:
         metrics_server.shutdown()
     await manager.close()
+    shared_memory.close()  # unregister every region: close their descriptors and mappings
     log.info("stopped")
 
 

@@ -48,6 +48,21 @@ output [
 dynamic_batching {{ max_queue_delay_microseconds: 2000 }}
 """
 
+#: Elements of the large-tensor model's input in the shared memory tests and benchmark (4 MiB of FP32).
+LARGE_ELEMENTS = 1 << 20
+
+LARGE_TENSOR_CONFIG = """
+name: "{name}"
+platform: "pytorch_libtorch"
+max_batch_size: 0
+input [ {{ name: "INPUT__0" data_type: TYPE_FP32 dims: [ -1 ] }} ]
+output [
+  {{ name: "SUM" data_type: TYPE_FP32 dims: [ 1 ] }},
+  {{ name: "DOUBLED" data_type: TYPE_FP32 dims: [ -1 ] }}
+]
+instance_group [ {{ kind: KIND_CPU count: 1 }} ]
+"""
+
 
 class Mlp(torch.nn.Module):
     """64 -> 256 -> 256 -> 10, the runtime's reference model (and the benchmark's)."""
@@ -71,6 +86,13 @@ class TwoInputs(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return x.sum(dim=1, keepdim=True), x * scale.to(x.dtype)
+
+
+class SumAndDouble(torch.nn.Module):
+    """One vector of any length in; its sum and the vector doubled out (large-tensor transport)."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.sum().reshape(1), x * 2.0
 
 
 class FailsOnNegative(torch.nn.Module):
@@ -116,6 +138,11 @@ def mlp_config(name: str = "mlp", max_batch_size: int = 64, delay_us: int = 500,
 
 def two_input_config(name: str = "two") -> str:
     return TWO_INPUT_CONFIG.format(name=name)
+
+
+def large_tensor_config(name: str = "large") -> str:
+    """Config of :class:`SumAndDouble`: FP32 ``INPUT__0`` of any length, no batching."""
+    return LARGE_TENSOR_CONFIG.format(name=name)
 
 
 @dataclass
