@@ -20,8 +20,15 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from modelplane import __version__
 from modelplane.serving.router.balancing import Backend, Endpoint, pick_endpoint
 from modelplane.serving.router.dispatch import BackendUnavailableError, Dispatcher, RequestError
+from modelplane.serving.router.extensions import (
+    ALL_MODELS_STATISTICS_REFUSED,
+    ROUTER_EXTENSIONS,
+    infer_shared_memory_refusal,
+    local_refusal,
+)
 from modelplane.serving.router.http_server import (
     Request,
     Response,
@@ -32,6 +39,7 @@ from modelplane.serving.router.http_server import (
 from modelplane.serving.router.paths import NAMESPACE_HEADER, Target, parse_target
 from modelplane.serving.router.routes import ModelRoute
 from modelplane.serving.router.shadow import outputs_match
+from modelplane.serving.router.statistics_fanout import StatisticsFanOut
 from modelplane.serving.router.upstream import (
     UpstreamConnectionError,
     UpstreamPool,
@@ -44,6 +52,19 @@ _NAMESPACE_HEADER = NAMESPACE_HEADER.encode()
 _HEALTH = frozenset({"/healthz", "/v2/health/live"})
 _READY = frozenset({"/readyz", "/v2/health/ready"})
 _INDEX = frozenset({"/v2/models", "/v2/repository/index"})
+_SERVER_METADATA = frozenset({"/v2", "/v2/"})
+# What every JSON request naming a shared-memory region contains, looked for before any parse: the
+# key, which has a "g" (a byte rare in inference JSON: not in V2's field names nor in numbers), or
+# a backslash (a key may be spelled with \u escapes). `int in bytes` is a memchr with no argument
+# parsing: about a tenth of what `bytes.find` costs on a small body.
+_SHARED_MEMORY_KEY = b"shared_memory_region"
+_KEY_ANCHOR = ord("g")
+_KEY_ANCHOR_BYTES = b"g"
+_ANCHOR_AT = _SHARED_MEMORY_KEY.index(_KEY_ANCHOR_BYTES)
+_BACKSLASH = ord("\\")
+_OPEN_BRACE = ord("{")
+_HEADER_LENGTH = b"inference-header-content-length"
+_CONTENT_ENCODING = b"content-encoding"
 
 
 @dataclass(frozen=True)
@@ -75,6 +96,40 @@ def _failed(forwarded: Forwarded) -> bool:
     return forwarded.response.status >= 500
 
 
+def may_name_shared_memory(request: Request) -> bool:
+    """Whether an inference request might name a shared-memory region: cheap, for every request.
+
+    False for almost every request, after a memchr or two over its body; True whenever
+    :func:`.extensions.infer_shared_memory_refusal` may refuse it, which then parses the request's
+    JSON to be sure. A body that does not start as JSON does (compressed, say) is always True.
+    """
+    body = request.body
+    if not body or body[0] != _OPEN_BRACE:
+        return True
+    if _KEY_ANCHOR not in body and _BACKSLASH not in body:
+        return False  # a JSON body, or a binary one whose tensors happen to have neither byte
+    head = body  # the JSON part: a binary-tensor body's first Inference-Header-Content-Length bytes
+    for name, value in request.headers:
+        if name == _HEADER_LENGTH:
+            try:
+                length = int(value.decode("latin-1"))
+            except ValueError:
+                return True  # the runtime refuses it; no need to be quick
+            if length < 0:
+                return True
+            if length < len(body):
+                head = body[:length]
+        elif name == _CONTENT_ENCODING and value != b"identity":
+            return True
+    if _KEY_ANCHOR in head:
+        at = head.find(_KEY_ANCHOR_BYTES, _ANCHOR_AT)
+        while at >= 0:
+            if head.startswith(_SHARED_MEMORY_KEY, at - _ANCHOR_AT):
+                return True
+            at = head.find(_KEY_ANCHOR_BYTES, at + 1)
+    return _BACKSLASH in head
+
+
 def _sticky(request: Request) -> str | None:
     value = request.header(STICKY_HEADER)
     return value.decode("latin-1") if value is not None else None
@@ -100,6 +155,7 @@ class HttpFrontEnd:
         self.settings = settings or HttpSettings()
         self.draining = False
         self.pool = UpstreamPool(self.settings.connect_timeout_s, self.settings.request_timeout_s)
+        self.statistics = StatisticsFanOut(dispatcher, self.pool)
         self._tasks: set[asyncio.Task[None]] = set()  # retries and shadow copies
 
     async def close(self) -> None:
@@ -121,12 +177,29 @@ class HttpFrontEnd:
             return json_response(200, self._index())
         target = self._target(request)
         if target is None:
+            if path in _SERVER_METADATA and request.method in ("GET", "HEAD"):
+                return json_response(
+                    200,
+                    {"name": "modelplane-router", "version": __version__, "extensions": ROUTER_EXTENSIONS},
+                )
+            refusal = local_refusal(path)
+            if refusal is not None:
+                return error_response(400, refusal)
             fallback = self.fallback
             if fallback is not None:
                 answer = await fallback(request)
                 if answer is not None:
                     return answer
             return error_response(404, f"no V2 model route for {path!r}; use /v2/models/NAME/...")
+        if request.method in ("GET", "HEAD"):
+            if target.rest == "/stats":
+                return await self._statistics(target)
+            if target.model == "stats" and not target.rest and target.version is None:
+                return error_response(400, ALL_MODELS_STATISTICS_REFUSED)
+        elif target.rest == "/infer" and may_name_shared_memory(request):
+            refusal = infer_shared_memory_refusal(request.body, request.headers, self.settings.max_body_bytes)
+            if refusal is not None:
+                return self._refused(target, RequestError(400, refusal))
         try:
             done = await self.dispatcher.dispatch(
                 target.model,
@@ -154,7 +227,7 @@ class HttpFrontEnd:
         if request.method != "POST":
             return False
         target = self._target(request)
-        if target is None:
+        if target is None or may_name_shared_memory(request):  # :meth:`handle` looks closer
             return False
         dispatcher = self.dispatcher
         try:
@@ -227,6 +300,15 @@ class HttpFrontEnd:
             respond(internal_error(request))
         else:
             respond(self._answered(target, request, done.route, done.version, done.result))
+
+    async def _statistics(self, target: Target) -> Response:
+        """A model's statistics, summed over its pods (see :mod:`.statistics_fanout`)."""
+        try:
+            document = await self.statistics.collect(target.model, target.namespace, target.version)
+        except RequestError as exc:
+            return self._refused(target, exc)
+        self.metrics.request_count(target.model, target.version or "", "200").inc()
+        return json_response(200, document)
 
     # -- request handling ---------------------------------------------------------------------------
 

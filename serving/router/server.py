@@ -123,7 +123,12 @@ class Router:
             max_body_bytes=settings.max_body_bytes,
             body_timeout_s=settings.body_timeout_s,
         )
-        self.grpc_front = GrpcFrontEnd(self.dispatcher, settings.max_body_bytes, settings.request_timeout_s)
+        self.grpc_front = GrpcFrontEnd(
+            self.dispatcher,
+            settings.max_body_bytes,
+            settings.request_timeout_s,
+            statistics=self.http.statistics,  # one pool for both front ends' statistics requests
+        )
         self._grpc_server: grpc.aio.Server | None = None
 
     def load_report(self) -> LoadReport:

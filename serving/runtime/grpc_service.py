@@ -142,11 +142,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         return service_pb2.ServerReadyResponse(ready=self.lifecycle.accepting and self.manager.ready())
 
     async def ModelReady(self, request: Any, context: Any) -> Any:  # noqa: N802
+        # An unknown or unloaded model is not ready (as Triton answers), not an error:
+        # tritonclient.grpc's is_model_ready then returns False instead of raising.
         try:
             model = self.manager.resolve(request.name, request.version or None)
-        except InferenceError as exc:
-            if exc.status == 404:
-                await self._abort(context, exc)
+        except InferenceError:
             return service_pb2.ModelReadyResponse(ready=False)
         return service_pb2.ModelReadyResponse(ready=model.state == "READY" and self.lifecycle.accepting)
 

@@ -231,6 +231,8 @@ def test_repository_index_unload_and_load(
 
     http_client.unload_model("scratch")
     assert not http_client.is_model_ready("scratch")
+    assert not grpc_client.is_model_ready("scratch")  # False, as Triton answers, not NOT_FOUND
+    assert not grpc_client.is_model_ready("no_such_model")
     with pytest.raises(InferenceServerException) as info:
         http_client.infer("scratch", [inp])
     assert info.value.status() == "404"
