@@ -39,7 +39,9 @@ API_PREFIX = "/api/v1"
 
 
 def build_service(settings: Settings) -> RegistryService:
-    db = Database(settings.database_url, pool_size=settings.pool_size)
+    db = Database(
+        settings.database_url, pool_size=settings.pool_size, sqlite_synchronous=settings.sqlite_synchronous
+    )
     store = SqlStore(db)
     artifact_store = ArtifactStore(settings.artifact_root, settings.max_artifact_bytes)
     dispatcher = Dispatcher(store, settings.webhooks)

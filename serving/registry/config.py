@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modelplane.serving.registry.db import SQLITE_SYNCHRONOUS_DEFAULT, sqlite_synchronous_level
 from modelplane.serving.registry.webhooks import WebhookSettings
 
 ENV_PREFIX = "MODELPLANE_REGISTRY_"
@@ -40,9 +41,20 @@ class Settings:
     bootstrap_token: str | None = None
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     pool_size: int = 10
+    sqlite_synchronous: str = SQLITE_SYNCHRONOUS_DEFAULT
+    """SQLite's ``PRAGMA synchronous``: FULL (durable, the default) or NORMAL (throwaway data only)."""
+
+    def __post_init__(self) -> None:
+        # A bad level fails here, at start-up, naming the choices (ValueError), never at first write.
+        object.__setattr__(self, "sqlite_synchronous", sqlite_synchronous_level(self.sqlite_synchronous))
 
     @classmethod
-    def from_env(cls, database_url: str | None = None, artifact_root: Path | None = None) -> Settings:
+    def from_env(
+        cls,
+        database_url: str | None = None,
+        artifact_root: Path | None = None,
+        sqlite_synchronous: str | None = None,
+    ) -> Settings:
         """Settings from the environment; explicit arguments win."""
         url = (
             database_url or os.environ.get(ENV_PREFIX + "DATABASE_URL") or "sqlite:///modelplane-registry.db"
@@ -63,4 +75,7 @@ class Settings:
                 poll_interval_s=_env_float("WEBHOOK_POLL_INTERVAL_S", 1.0),
             ),
             pool_size=_env_int("POOL_SIZE", 10),
+            sqlite_synchronous=sqlite_synchronous
+            or os.environ.get(ENV_PREFIX + "SQLITE_SYNCHRONOUS")
+            or SQLITE_SYNCHRONOUS_DEFAULT,
         )

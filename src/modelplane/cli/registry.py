@@ -174,6 +174,15 @@ def serve(
     webhook_allow_loopback: Annotated[
         bool, typer.Option(help="Allow webhooks to 127.0.0.0/8 and ::1.")
     ] = False,
+    sqlite_synchronous: Annotated[
+        str | None,
+        typer.Option(
+            help="SQLite only: 'full' (default: every commit fsynced, survives power loss) or 'normal' "
+            "(fsync at checkpoints only: faster, the last commits can be lost on power loss; for "
+            "throwaway data). Env: MODELPLANE_REGISTRY_SQLITE_SYNCHRONOUS.",
+            show_default=False,
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
 ) -> None:
     """Run the registry (migrations run first; MODELPLANE_REGISTRY_BOOTSTRAP_TOKEN creates an admin token)."""
@@ -182,7 +191,10 @@ def serve(
     from modelplane.serving.registry.config import Settings
     from modelplane.serving.registry.server import serve as run_server
 
-    settings = Settings.from_env(database_url=database_url, artifact_root=artifact_root)
+    try:
+        settings = Settings.from_env(database_url, artifact_root, sqlite_synchronous)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
     changes: dict[str, Any] = {}
     if max_artifact_bytes is not None:
         changes["max_artifact_bytes"] = max_artifact_bytes
