@@ -36,11 +36,13 @@ def up(
         ),
     ] = None,
 ) -> None:
-    """Run the whole platform on this machine: registry, router and a served demo model.
+    """Run the whole platform on this machine: registry, router and two served demo models.
 
-    The first run trains a small demo model, registers it and deploys it as `demo`; later runs on
-    the same --data-dir resume. ModelDeployment files dropped into the deployments folder (or sent
-    with `modelplane deploy -f FILE`) are served within seconds. Ctrl-C stops everything.
+    The first run trains two small demo models, registers them and deploys them: `demo`, a
+    classifier (V2 protocol), and `demo-chat`, a tiny language model trained on the docs (OpenAI API
+    at /v1); later runs on the same --data-dir resume. ModelDeployment files dropped into the
+    deployments folder (or sent with `modelplane deploy -f FILE`) are served within seconds. Ctrl-C
+    stops everything.
     """
     from rich.console import Console
 
