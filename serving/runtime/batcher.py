@@ -204,6 +204,7 @@ class Batcher:
         on_executed: Callable[[Execution], None] | None = None,
         inline_below_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        adaptive: bool = True,
     ) -> None:
         self._run = run
         self._executor = executor
@@ -222,6 +223,8 @@ class Batcher:
         self._running = 0
         self._outstanding = 0
         self._arrivals = ArrivalTracker(clock)
+        #: False: every batch waits up to the delay for a full batch (Triton's fixed policy).
+        self._adaptive = adaptive
         self._clock = clock
         #: Moving average of one forward's duration; None until measured.
         self.forward_s: float | None = None
@@ -300,6 +303,8 @@ class Batcher:
     def _should_wait(self, queued: int, left_s: float, *, in_flight: int) -> bool:
         if not self._batching:
             return False
+        if not self._adaptive:
+            return queued < self._max and left_s > 0
         return worth_waiting(
             queued=queued,
             max_batch=self._max,

@@ -52,6 +52,9 @@ class ModelSpec:
     #: Run batches whose forward takes less than this on the event loop (0: always in a thread); a
     #: thread hand-off costs about as much as a tiny model's whole forward.
     inline_below_us: int = 250
+    #: "adaptive": wait for a batch only while other clients are likely to join (the default);
+    #: "full": always wait up to the queue delay for a full batch, as Triton's dynamic batcher does.
+    batch_wait: str = "adaptive"
     artifact_uri: str | None = None
     artifact_sha256: str | None = None
     #: ``module.path:ClassName`` for state_dict artifacts (``model.pth``), built with no arguments.
@@ -132,6 +135,7 @@ def spec_from_config(config: model_config_pb2.ModelConfig, default_name: str) ->
         warmup=params.get("warmup", "true").lower() not in ("false", "0", "no"),
         intra_op_threads=_positive_int(name, "intra_op_threads", threads) if threads else None,
         inline_below_us=_non_negative_int(name, "inline_below_us", params.get("inline_below_us", "250")),
+        batch_wait=_batch_wait(name, params.get("batch_wait", "adaptive")),
         artifact_uri=params.get("artifact_uri") or None,
         artifact_sha256=(params.get("artifact_sha256") or "").lower() or None,
         module_class=params.get("module_class") or None,
@@ -180,6 +184,17 @@ def _version_policy(model: str, config: model_config_pb2.ModelConfig) -> tuple[s
     if count < 1:
         raise ConfigError(f"model {model!r}: version_policy latest needs num_versions >= 1")
     return ("latest", (count,))
+
+
+BATCH_WAITS = ("adaptive", "full")
+
+
+def _batch_wait(model: str, value: str) -> str:
+    if value not in BATCH_WAITS:
+        raise ConfigError(
+            f"model {model!r}: parameter batch_wait must be one of {', '.join(BATCH_WAITS)}, got {value!r}"
+        )
+    return value
 
 
 def _non_negative_int(model: str, key: str, value: str) -> int:

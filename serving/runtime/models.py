@@ -262,6 +262,7 @@ class ModelManager:
             on_dequeue=lambda seconds: self._dequeued(model, seconds),
             on_executed=model.stats.executed,
             inline_below_s=spec.inline_below_us / 1e6,
+            adaptive=spec.batch_wait == "adaptive",
         )
         model.batcher.start()
         model.state = READY

@@ -16,7 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from modelplane.testing.runtime import RuntimeProcess, make_mlp, mlp_config, save_torchscript, write_model
+from modelplane.testing.runtime import (
+    GATE_ENV,
+    RuntimeProcess,
+    make_mlp,
+    mlp_config,
+    save_torchscript,
+    write_gated_mlp,
+    write_model,
+)
 
 ROW = {"name": "INPUT__0", "shape": [1, 64], "datatype": "FP32", "data": [0.25] * 64}
 
@@ -34,12 +42,14 @@ def inflight(server: RuntimeProcess) -> float:
 
 
 def test_sigterm_lets_inflight_requests_finish_and_refuses_new_ones(tmp_path: Path) -> None:
-    """Requests queued behind a long batching delay are in flight when SIGTERM arrives; all complete."""
+    """Requests in flight when SIGTERM arrives (one in the model, seven queued behind it) all complete."""
     model = make_mlp(seed=3)
     repo = tmp_path / "models"
-    write_model(repo, "slow", model, mlp_config("slow", max_batch_size=64, delay_us=3_000_000))
-    server = RuntimeProcess(repo).start()
+    write_gated_mlp(repo, "slow", model)
+    gate = tmp_path / "gate"
+    server = RuntimeProcess(repo, env={GATE_ENV: str(gate)}).start()
     try:
+        gate.touch()  # from now on the model holds every forward until the gate is removed
         with ThreadPoolExecutor(max_workers=8) as pool:
             futures = [pool.submit(infer, server.http_url, "slow") for _ in range(8)]
             deadline = time.monotonic() + 30
@@ -56,6 +66,8 @@ def test_sigterm_lets_inflight_requests_finish_and_refuses_new_ones(tmp_path: Pa
             assert refused.status_code == 503
             assert "shutting down" in refused.json()["error"]
             assert refused.headers["retry-after"] == "1"
+            assert not any(f.done() for f in futures)  # still held: the drain waits for them
+            gate.unlink()
             responses = [f.result(timeout=60) for f in futures]
         with torch.no_grad():
             want = model(torch.full((1, 64), 0.25)).numpy()

@@ -153,3 +153,28 @@ async def test_clients_between_two_requests_are_waited_for_to_fill_the_batch() -
         await batcher.stop()
     assert sum(sizes) == 24
     assert sizes[1:] == [4] * 5  # after the first round, every batch is full
+
+
+async def test_the_full_policy_always_waits_the_delay_for_a_full_batch() -> None:
+    # Triton's fixed policy, for who wants it: a lone request waits the whole delay (0.2 s here).
+    waits: list[float] = []
+    with ThreadPoolExecutor(1) as pool:
+        batcher = Batcher(
+            double, pool, max_batch_size=8, max_delay_s=0.2, on_dequeue=waits.append, adaptive=False
+        )
+        batcher.start()
+        await batcher.submit([np.ones((1, 2), dtype=np.float32)], 1)
+        await batcher.stop()
+    assert len(waits) == 1
+    assert waits[0] >= 0.15
+
+
+def test_the_batch_wait_parameter_is_checked() -> None:
+    from modelplane.serving.runtime.config import ConfigError, parse_config
+    from modelplane.testing.runtime import mlp_config
+
+    assert parse_config(mlp_config("m"), "m").batch_wait == "adaptive"
+    full = 'parameters { key: "batch_wait" value { string_value: "full" } }'
+    assert parse_config(mlp_config("m", extra=full), "m").batch_wait == "full"
+    with pytest.raises(ConfigError, match="batch_wait must be one of adaptive, full"):
+        parse_config(mlp_config("m", extra=full.replace('"full"', '"sometimes"')), "m")

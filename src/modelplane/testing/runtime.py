@@ -81,6 +81,37 @@ class Mlp(torch.nn.Module):
         return self.net(x)  # type: ignore[no-any-return]
 
 
+GATE_ENV = "MODELPLANE_TEST_GATE"
+GATED_MLP_CLASS = "modelplane.testing.runtime:GatedMlp"
+
+
+class GatedMlp(Mlp):
+    """:class:`Mlp` whose forward waits while the file named by ``$MODELPLANE_TEST_GATE`` exists.
+
+    Holds requests in flight for as long as a test needs (a drain, a shutdown), with no timing
+    guess: the test creates the file, sends its requests, and removes it to let them finish. A
+    forward waits at most a minute, so a test that forgets the file cannot hang a server forever.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = os.environ.get(GATE_ENV)
+        deadline = time.monotonic() + 60
+        while gate and Path(gate).exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return super().forward(x)
+
+
+def write_gated_mlp(repository: Path, name: str, model: torch.nn.Module, max_batch_size: int = 64) -> Path:
+    """``NAME/config.pbtxt`` and ``NAME/1/model.pth``: ``model``'s weights served by :class:`GatedMlp`."""
+    folder = repository / name
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    extra = f'parameters {{ key: "module_class" value {{ string_value: "{GATED_MLP_CLASS}" }} }}'
+    (folder / "config.pbtxt").write_text(mlp_config(name, max_batch_size=max_batch_size, extra=extra))
+    path = folder / "1" / "model.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
 class TwoInputs(torch.nn.Module):
     """Two inputs with a variable dim and two outputs: row sums, and rows times an integer scale."""
 

@@ -28,6 +28,7 @@ max_batch_size: 8
 input [ { name: "INPUT__0" data_type: TYPE_FP32 dims: [ 4 ] } ]
 output [ { name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 4 ] } ]
 dynamic_batching { max_queue_delay_microseconds: 200000 }
+parameters { key: "batch_wait" value { string_value: "full" } }
 """
 
 
@@ -51,9 +52,14 @@ def runtime_repository(tmp_path_factory: pytest.TempPathFactory, reference_mlp: 
 
     root = tmp_path_factory.mktemp("runtime") / "models"
     write_model(root, "mlp", reference_mlp, mlp_config("mlp", max_batch_size=64, delay_us=500))
-    # A long queue delay: concurrent requests are sure to meet in one batch.
+    # A long queue delay, always waited (not the adaptive default): concurrent requests are sure to
+    # meet in one batch.
+    full_wait = 'parameters { key: "batch_wait" value { string_value: "full" } }'
     write_model(
-        root, "mlp_batched", reference_mlp, mlp_config("mlp_batched", max_batch_size=64, delay_us=100_000)
+        root,
+        "mlp_batched",
+        reference_mlp,
+        mlp_config("mlp_batched", max_batch_size=64, delay_us=100_000, extra=full_wait),
     )
     write_model(root, "scratch", reference_mlp, mlp_config("scratch", max_batch_size=8, delay_us=0))
     write_model(root, "two", TwoInputs(), two_input_config("two"))
