@@ -9,7 +9,6 @@ scale the model out, back, to zero, and up again for the next stream.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -250,18 +249,12 @@ def test_streams_scale_a_language_model_out_back_to_zero_and_up_again_without_a_
     # Up again: streams sent to a model with no pod are held by the router until one is ready.
     with ThreadPoolExecutor(max_workers=8) as pool:
         outcomes = list(pool.map(lambda _: stream_once(client, max_tokens=16), range(8)))
+    # Served, so woken: the model had no pod left when they were sent (checked just above), and only
+    # a pod answers a stream. (Not read back from spec.replicas: short streams end quickly, and the
+    # 6 s grace may already have taken the model back to zero by then; the wake-up posts no Scaled
+    # event of its own.)
     assert outcomes == [None] * 8, outcomes
-    # Woken by the held streams. (Not read from spec.replicas: short streams end quickly, and the
-    # 6 s grace may already have taken the model back to zero by the time it is read.)
     events = cluster.get_json("events", "-n", namespace, "--field-selector", "involvedObject.name=scaled")
-    timed = [
-        (e["metadata"]["creationTimestamp"], e["message"])
-        for e in events["items"]
-        if e.get("reason") == "Scaled"
-    ]
-    scaled = [m for _, m in timed]
+    scaled = [e["message"] for e in events["items"] if e.get("reason") == "Scaled"]
     assert any("-> 2" in m and "engines hold" in m for m in scaled), scaled
-    to_zero = [t for t, m in timed if "-> 0: no traffic" in m]
-    assert to_zero, scaled
-    woken = [t for t, m in timed if re.search(r"replicas 0 -> [1-9]", m) and t >= max(to_zero)]
-    assert woken, timed  # scaled up from zero after it went there
+    assert any("-> 0: no traffic" in m for m in scaled), scaled
